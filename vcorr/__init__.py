@@ -1,0 +1,3 @@
+"""vcorr: self-supervised video correspondence, reproduced end to end."""
+
+__version__ = "0.1.0"

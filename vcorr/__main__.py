@@ -1,0 +1,3 @@
+from vcorr.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Sub-commands of the `vcorr` CLI, one module each (see `vcorr.cli`)."""
