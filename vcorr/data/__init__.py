@@ -1,0 +1,1 @@
+"""Datasets and released weights: registry access, download, extraction, layouts and indexes."""
