@@ -1,0 +1,274 @@
+"""Evaluation methods: load one from config/methods.yaml (by name) or from a YAML file, validate
+it, and resolve its settings for one benchmark (protocol parameters and input size), with
+`--set KEY=VALUE` overrides.
+
+The schema is documented at the top of config/methods.yaml. Validation happens on load, so a
+typo in a method file is reported with the file and key before any frame is read.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vcorr.errors import VcorrError
+from vcorr.registry import config_dir, load_registry
+
+INPUTS = ("imagenet_rgb", "lab")
+FUSIONS = (None, "hvc")
+WEIGHT_FORMATS = ("hvc", "moco", "stt", "crw", "vcorr")
+
+# Parameters of each protocol (propagation.md) and the type each must have. A bool is not
+# accepted where a number is expected (YAML `yes` would otherwise pass as 1).
+PROTOCOL_PARAMS: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "crw": {"cxt_size": int, "radius": (int, float), "topk": int, "temp": (int, float)},
+    "stt": {"precede": int, "topk": int, "temp": (int, float), "nrange": int, "with_first_neighbor": bool},
+}
+PROTOCOL_DEFAULTS: dict[str, dict[str, Any]] = {"crw": {}, "stt": {"with_first_neighbor": True}}
+
+
+@dataclass(frozen=True)
+class BenchmarkSettings:
+    """What propagation needs for one (method, benchmark) pair."""
+
+    protocol: str
+    params: dict[str, Any]  # keyword arguments of vcorr.propagation.propagate
+    size: None | tuple[int, int] | dict[str, int]  # None, (H, W) or {"short_side": N}
+
+    def input_size(self, height: int, width: int) -> tuple[int, int]:
+        """The (H, W) the encoder sees for a frame of `height` x `width`."""
+        if self.size is None:
+            return height, width
+        if isinstance(self.size, dict):
+            scale = self.size["short_side"] / min(height, width)
+            # Round half up like mmcv's rescale_size (Spa-then-Temp's Resize with keep_ratio).
+            return int(height * scale + 0.5), int(width * scale + 0.5)
+        return self.size
+
+    def as_dict(self) -> dict[str, Any]:
+        size = list(self.size) if isinstance(self.size, tuple) else self.size
+        return {"protocol": self.protocol, **self.params, "size": size}
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    source: str  # the file it was read from (for messages and provenance)
+    description: str
+    encoders: list[dict[str, Any]]
+    fusion: str | None
+    input: str
+    protocol: str
+    benchmarks: dict[str, dict[str, Any]]
+
+    def settings_for(self, benchmark: str, overrides: list[str] | None = None) -> BenchmarkSettings:
+        if benchmark not in self.benchmarks:
+            raise VcorrError(
+                f"{self.source}: method '{self.name}' has no settings for benchmark '{benchmark}' "
+                f"(it supports: {', '.join(self.benchmarks)})"
+            )
+        entry = {**PROTOCOL_DEFAULTS[self.protocol], **copy.deepcopy(self.benchmarks[benchmark])}
+        for key, value in parse_overrides(overrides or []).items():
+            if key != "size" and key not in PROTOCOL_PARAMS[self.protocol]:
+                allowed = ", ".join([*PROTOCOL_PARAMS[self.protocol], "size"])
+                raise VcorrError(f"--set {key}: not a parameter of protocol '{self.protocol}' (allowed: {allowed})")
+            entry[key] = value
+        where = f"{self.source}: {self.name}.benchmarks.{benchmark}"
+        try:
+            size = _check_size(entry.pop("size", None), where)
+            _check_params(self.protocol, entry, where)
+        except VcorrError as error:
+            if not overrides:
+                raise
+            raise VcorrError(f"{error} (after --set {' '.join(overrides)})") from None
+        return BenchmarkSettings(self.protocol, entry, size)
+
+    def weight_files(self, weights_root: str | Path) -> list[Path]:
+        """The weights files this method reads, as <weights_root>/<id>/<file>."""
+        return [
+            Path(weights_root) / encoder["weights"]["id"] / encoder["weights"]["file"]
+            for encoder in self.encoders
+            if encoder.get("weights")
+        ]
+
+    def check_weights(self, weights_root: str | Path) -> None:
+        for encoder in self.encoders:
+            weights = encoder.get("weights")
+            if weights:
+                path = Path(weights_root) / weights["id"] / weights["file"]
+                if not path.is_file():
+                    raise VcorrError(
+                        f"{path}: missing (weights '{weights['id']}' of method '{self.name}'; get them with "
+                        f"`vcorr data fetch {weights['id']}` then `vcorr data extract {weights['id']}`, "
+                        "or pass --weights-root)"
+                    )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "source": self.source,
+            "description": self.description,
+            "encoders": copy.deepcopy(self.encoders),
+            "fusion": self.fusion,
+            "input": self.input,
+            "protocol": self.protocol,
+        }
+
+
+def method_names() -> list[str]:
+    return list(load_registry("methods"))
+
+
+def load_method(name_or_file: str | Path) -> Method:
+    """A method by registry name, or from a YAML file holding one method's keys."""
+    text = str(name_or_file)
+    registry_file = config_dir() / "methods.yaml"
+    path = Path(text)
+    if path.suffix in (".yaml", ".yml") or path.is_file():
+        if not path.is_file():
+            raise VcorrError(f"{path}: method config file missing")
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as error:
+            raise VcorrError(f"{path}: invalid YAML ({error})") from None
+        name = path.stem
+        # A copy of a registry entry (`<name>: {encoders: ...}`) is accepted as well.
+        if isinstance(data, dict) and len(data) == 1 and "encoders" not in data:
+            (name, data), = data.items()
+        return validate_method(name, data, str(path))
+    registry = load_registry("methods")
+    if text not in registry:
+        raise VcorrError(
+            f"unknown method '{text}': not a file and not in {registry_file} (known: {', '.join(registry)})"
+        )
+    return validate_method(text, registry[text], f"{registry_file} [{text}]")
+
+
+def validate_method(name: str, data: Any, source: str) -> Method:
+    if not isinstance(data, dict):
+        raise VcorrError(f"{source}: a method must be a mapping with keys encoders, input, protocol, benchmarks")
+    required = ("encoders", "input", "protocol", "benchmarks")
+    missing = [key for key in required if key not in data]
+    if missing:
+        raise VcorrError(f"{source}: missing key(s) {', '.join(missing)}")
+    known = {*required, "description", "fusion"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise VcorrError(f"{source}: unknown key(s) {', '.join(unknown)} (allowed: {', '.join(sorted(known))})")
+
+    protocol = data["protocol"]
+    if protocol not in PROTOCOL_PARAMS:
+        raise VcorrError(f"{source}: protocol '{protocol}' is not one of {', '.join(PROTOCOL_PARAMS)}")
+    if data["input"] not in INPUTS:
+        raise VcorrError(f"{source}: input '{data['input']}' is not one of {', '.join(INPUTS)}")
+    fusion = data.get("fusion")
+    if fusion not in FUSIONS:
+        raise VcorrError(f"{source}: fusion '{fusion}' is not null or hvc")
+
+    encoders = data["encoders"]
+    if not isinstance(encoders, list) or not encoders:
+        raise VcorrError(f"{source}: encoders must be a non-empty list")
+    for index, encoder in enumerate(encoders):
+        _check_encoder(encoder, f"{source}: encoders[{index}]")
+    if fusion == "hvc" and len(encoders) != 2:
+        raise VcorrError(f"{source}: fusion hvc fuses exactly two encoders, {len(encoders)} given")
+    if fusion is None and len(encoders) != 1:
+        raise VcorrError(f"{source}: {len(encoders)} encoders need a fusion (hvc)")
+
+    benchmarks = data["benchmarks"]
+    if not isinstance(benchmarks, dict) or not benchmarks:
+        raise VcorrError(f"{source}: benchmarks must map benchmark ids to protocol settings")
+    known_benchmarks = load_registry("benchmarks")
+    method = Method(
+        name=name,
+        source=source,
+        description=str(data.get("description", "")),
+        encoders=copy.deepcopy(encoders),
+        fusion=fusion,
+        input=data["input"],
+        protocol=protocol,
+        benchmarks=copy.deepcopy(benchmarks),
+    )
+    for benchmark in benchmarks:
+        if benchmark not in known_benchmarks:
+            raise VcorrError(
+                f"{source}: benchmarks.{benchmark} is not a benchmark of config/benchmarks.yaml "
+                f"(known: {', '.join(known_benchmarks)})"
+            )
+        if not isinstance(benchmarks[benchmark], dict):
+            raise VcorrError(f"{source}: benchmarks.{benchmark} must be a mapping of protocol parameters")
+        method.settings_for(benchmark)  # validates its parameters and size
+    return method
+
+
+def _check_encoder(encoder: Any, where: str) -> None:
+    if not isinstance(encoder, dict) or not isinstance(encoder.get("arch"), str) or not encoder["arch"]:
+        raise VcorrError(f"{where}: needs an arch (an encoder name of vcorr.models)")
+    unknown = sorted(set(encoder) - {"arch", "weights", "seed"})
+    if unknown:
+        raise VcorrError(f"{where}: unknown key(s) {', '.join(unknown)} (allowed: arch, weights, seed)")
+    weights = encoder.get("weights")
+    if weights is None:
+        if not _is_int(encoder.get("seed")):
+            raise VcorrError(f"{where}: a randomly initialised encoder (weights: null) needs an integer seed")
+        return
+    if not isinstance(weights, dict) or sorted(weights) != ["file", "format", "id"]:
+        raise VcorrError(f"{where}.weights: must be null or {{id, file, format}}")
+    if weights["format"] not in WEIGHT_FORMATS:
+        raise VcorrError(f"{where}.weights.format '{weights['format']}' is not one of {', '.join(WEIGHT_FORMATS)}")
+    if "seed" in encoder:
+        raise VcorrError(f"{where}: seed is only for random init (weights: null)")
+    file = Path(str(weights["file"]))
+    if file.is_absolute() or ".." in file.parts:
+        raise VcorrError(f"{where}.weights.file must be a path inside resources/data/<id>/, got '{file}'")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_size(size: Any, where: str) -> None | tuple[int, int] | dict[str, int]:
+    if size is None:
+        return None
+    if isinstance(size, dict) and list(size) == ["short_side"] and _is_int(size["short_side"]) and size["short_side"] > 0:
+        return dict(size)
+    if isinstance(size, (list, tuple)) and len(size) == 2 and all(_is_int(v) and v > 0 for v in size):
+        return (int(size[0]), int(size[1]))
+    raise VcorrError(f"{where}.size: must be null, [H, W] or {{short_side: N}} with positive integers, got {size!r}")
+
+
+def _check_params(protocol: str, params: dict[str, Any], where: str) -> None:
+    expected = PROTOCOL_PARAMS[protocol]
+    missing = [key for key in expected if key not in params]
+    if missing:
+        raise VcorrError(f"{where}: missing {protocol} parameter(s) {', '.join(missing)}")
+    unknown = sorted(set(params) - set(expected))
+    if unknown:
+        raise VcorrError(f"{where}: unknown {protocol} parameter(s) {', '.join(unknown)} (allowed: {', '.join(expected)})")
+    for key, kind in expected.items():
+        value = params[key]
+        is_bool = isinstance(value, bool)
+        if (kind is bool) != is_bool or not isinstance(value, kind):
+            names = kind.__name__ if isinstance(kind, type) else "number"
+            raise VcorrError(f"{where}.{key}: expected {names}, got {value!r}")
+        if not is_bool and value <= 0:
+            raise VcorrError(f"{where}.{key}: must be positive, got {value!r}")
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """`KEY=VALUE` strings to a dict; values are parsed as YAML (3, 0.05, true, null, [320, 320])."""
+    overrides = {}
+    for item in items:
+        key, separator, text = item.partition("=")
+        key = key.strip()
+        if not separator or not key:
+            raise VcorrError(f"--set {item!r}: expected KEY=VALUE")
+        try:
+            overrides[key] = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            raise VcorrError(f"--set {item!r}: value is not valid YAML ({error})") from None
+    return overrides
