@@ -1,0 +1,37 @@
+"""`vcorr export`: the submission archive of a server-scored benchmark (YouTube-VOS, DAVIS test-dev)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+SERVER_BENCHMARKS = ("ytvos18", "ytvos19", "davis17dev")
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "export",
+        help="zip predictions in the layout an evaluation server accepts",
+        description=(
+            "Build the upload archive for a server-scored benchmark from `vcorr propagate` output: "
+            "YouTube-VOS gets Annotations/<video>/<frame>.png, DAVIS test-dev <sequence>/<frame>.png, "
+            "both at the zip root. Refuses predictions that miss a sequence or a frame."
+        ),
+    )
+    parser.add_argument("--benchmark", required=True, choices=SERVER_BENCHMARKS)
+    parser.add_argument(
+        "--predictions", required=True, nargs="+", type=Path, metavar="DIR",
+        help="the --out folder of `vcorr propagate` (several: one per shard)",
+    )
+    parser.add_argument("--out", required=True, type=Path, metavar="FILE.zip", help="archive to write (atomically)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from vcorr.export import export_submission
+    from vcorr.registry import registry_entry
+
+    summary = export_submission(args.benchmark, args.predictions, args.out)
+    url = registry_entry("benchmarks", args.benchmark).get("server", {}).get("url", "the benchmark's server")
+    print(f"{args.out}: {summary['sequences']} sequences, {summary['frames']} frames; upload it at {url}")
+    return 0
