@@ -1,0 +1,187 @@
+"""Frames -> normalised network input -> features, for one encoder or HVC's fused pair.
+
+A method config's `encoders` list (see config/methods.yaml) names each encoder:
+`{arch: <vcorr.models registry name>, weights: null | {id, file, format}, seed: int}`; weights are
+read from `<weights_root>/<id>/<file>`, and `weights: null` means a random initialisation drawn
+with `seed` (so a "random" baseline is the same network on every run and machine).
+
+Input normalisations, reproducing the seeds' test pipelines on uint8 RGB frames:
+- `imagenet_rgb` (HVC, videowalk): torchvision `ToTensor` (/255) then `Normalize` with the
+  ImageNet mean/std, in float32.
+- `lab` (Spa-then-Temp): `cv2.cvtColor(float32(frame) / 255, COLOR_RGB2Lab)` (L in [0, 100]),
+  then mmcv's in-place normalisation (OpenCV subtract of the mean, multiply by 1/std), mean
+  (50, 0, 0), std (50, 127, 127).
+
+Features of a frame whose size is not a multiple of the stride follow the convolution arithmetic
+of the originals (each stride-2 layer gives floor((n - 1) / 2) + 1): 480x854 -> 60x107 at stride 8.
+Single-encoder features are returned as the encoder computes them (the propagation protocols
+L2-normalise them); HVC fusion returns `normalize(concat(w * normalize(f_hvc), normalize(f_moco)))`
+with w = 1.05, both normalisations over channels.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vcorr.errors import VcorrError
+
+INPUTS = ("imagenet_rgb", "lab")
+FUSIONS = (None, "hvc")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+LAB_MEAN = (50.0, 0.0, 0.0)
+LAB_STD = (50.0, 127.0, 127.0)
+HVC_FUSION_WEIGHT = 1.05
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """`auto` = CUDA when available, else CPU; `cuda` without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise VcorrError(f"device {name!r} requested but no CUDA device is available")
+        return torch.device(name)
+    raise VcorrError(f"unknown device {name!r}; expected auto, cpu or cuda")
+
+
+def _check_frames(frames: np.ndarray) -> None:
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+        raise VcorrError(
+            f"frames must be uint8 RGB arrays of shape HxWx3 (or NxHxWx3), got "
+            f"{frames.dtype} {tuple(frames.shape)}"
+        )
+
+
+def _rgb_to_normalised_lab(frame: np.ndarray) -> np.ndarray:
+    """Spa-then-Temp's RGB2LAB + Normalize pipeline steps on one HxWx3 uint8 RGB frame."""
+    lab = cv2.cvtColor(np.float32(frame) / 255.0, cv2.COLOR_RGB2Lab)
+    # mmcv.imnormalize_ works in place with OpenCV arithmetic against float64 scalars.
+    mean = np.float64(np.array(LAB_MEAN).reshape(1, -1))
+    inverse_std = 1.0 / np.float64(np.array(LAB_STD).reshape(1, -1))
+    cv2.subtract(lab, mean, lab)
+    cv2.multiply(lab, inverse_std, lab)
+    return lab
+
+
+def normalise_frames(frames: np.ndarray, input: str) -> torch.Tensor:
+    """uint8 RGB `[N, H, W, 3]` (or `[H, W, 3]`) -> float32 network input `[N, 3, H, W]` (CPU)."""
+    frames = np.asarray(frames)
+    if frames.ndim == 3:
+        frames = frames[None]
+    _check_frames(frames)
+    if input == "imagenet_rgb":
+        images = torch.from_numpy(frames).permute(0, 3, 1, 2).to(torch.float32).div(255)
+        mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(1, 3, 1, 1)
+        return images.sub(mean).div(std)
+    if input == "lab":
+        lab = np.stack([_rgb_to_normalised_lab(frame) for frame in frames])
+        return torch.from_numpy(lab).permute(0, 3, 1, 2).contiguous()
+    raise VcorrError(f"unknown input normalisation {input!r}; expected one of {', '.join(INPUTS)}")
+
+
+def fuse_hvc(hvc: torch.Tensor, moco: torch.Tensor, weight: float = HVC_FUSION_WEIGHT) -> torch.Tensor:
+    """HVC's test-time fusion of `[N, C, h, w]` maps: normalize(cat(w * n(hvc), n(moco)))."""
+    if hvc.shape[-2:] != moco.shape[-2:]:
+        raise VcorrError(
+            f"HVC fusion needs feature maps of equal size, got {tuple(hvc.shape[-2:])} and "
+            f"{tuple(moco.shape[-2:])}"
+        )
+    fused = torch.cat((weight * F.normalize(hvc, dim=1), F.normalize(moco, dim=1)), dim=1)
+    return F.normalize(fused, dim=1)
+
+
+class FeatureExtractor:
+    """Builds the method's encoder(s) once, then turns uint8 RGB frames into feature maps.
+
+    `extract(frame)` -> float32 `[K, h, w]` and `extract_batch(frames)` -> `[N, K, h, w]`, both on
+    `self.device`. `amp=True` runs the encoders under float16 autocast on CUDA (as HVC's
+    `infer_vos.py` does); it has no effect on CPU, where `self.amp` is False.
+    """
+
+    def __init__(
+        self,
+        encoders: Sequence[Mapping],
+        fusion: str | None = None,
+        input: str = "imagenet_rgb",
+        weights_root: str | Path | None = None,
+        device: str | torch.device = "auto",
+        amp: bool = False,
+        fusion_weight: float = HVC_FUSION_WEIGHT,
+    ) -> None:
+        from vcorr.models import build_encoder
+        from vcorr.models.checkpoints import load_weights
+
+        if input not in INPUTS:
+            raise VcorrError(f"unknown input normalisation {input!r}; expected one of {', '.join(INPUTS)}")
+        if fusion not in FUSIONS:
+            raise VcorrError(f"unknown fusion {fusion!r}; expected null or hvc")
+        expected_count = 2 if fusion == "hvc" else 1
+        if len(encoders) != expected_count:
+            raise VcorrError(
+                f"fusion {fusion!r} needs {expected_count} encoder(s), the method config lists "
+                f"{len(encoders)}"
+            )
+        self.device = device if isinstance(device, torch.device) else resolve_device(device)
+        self.input = input
+        self.fusion = fusion
+        self.fusion_weight = fusion_weight
+        self.amp = bool(amp) and self.device.type == "cuda"
+        self.networks = []
+        self.reports = []
+        for entry in encoders:
+            if "arch" not in entry:
+                raise VcorrError(f"encoder entry {dict(entry)!r} has no 'arch'")
+            # A private RNG stream: a seeded random init never depends on, or disturbs, the caller's.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(entry.get("seed") or 0))
+                network = build_encoder(entry["arch"])
+            weights = entry.get("weights")
+            if weights:
+                if weights_root is None:
+                    raise VcorrError(f"encoder {entry['arch']} needs weights but no weights root was given")
+                missing = [key for key in ("id", "file", "format") if key not in weights]
+                if missing:
+                    raise VcorrError(f"encoder {entry['arch']}: weights entry lacks {', '.join(missing)}")
+                path = Path(weights_root) / weights["id"] / weights["file"]
+                self.reports.append(load_weights(network, path, weights["format"]))
+            self.networks.append(network.eval().to(self.device))
+        strides = {network.stride for network in self.networks}
+        if len(strides) != 1:
+            raise VcorrError(f"fused encoders must share one stride, got {sorted(strides)}")
+        self.stride: int = strides.pop()
+        self.channels: int = sum(network.out_channels for network in self.networks)
+
+    def _autocast(self):
+        if self.amp:
+            return torch.autocast(device_type="cuda", dtype=torch.float16)
+        return contextlib.nullcontext()
+
+    def extract_batch(self, frames: np.ndarray | Sequence[np.ndarray]) -> torch.Tensor:
+        """uint8 RGB frames `[N, H, W, 3]` (equal sizes) -> float32 features `[N, K, h, w]`."""
+        if not isinstance(frames, np.ndarray):
+            frames = np.stack([np.asarray(frame) for frame in frames])
+        images = normalise_frames(frames, self.input).to(self.device)
+        with torch.inference_mode(), self._autocast():
+            maps = [network(images) for network in self.networks]
+        maps = [feature_map.float() for feature_map in maps]
+        if self.fusion == "hvc":
+            return fuse_hvc(maps[0], maps[1], self.fusion_weight)
+        return maps[0]
+
+    def extract(self, frame: np.ndarray) -> torch.Tensor:
+        """One uint8 RGB frame `[H, W, 3]` -> float32 features `[K, h, w]`."""
+        frame = np.asarray(frame)
+        if frame.ndim != 3:
+            raise VcorrError(f"a frame must be a uint8 HxWx3 RGB array, got shape {tuple(frame.shape)}")
+        return self.extract_batch(frame[None])[0]
