@@ -1,0 +1,224 @@
+# Configuration, registries and the input functions every stage uses.
+#
+# The registries (datasets.yaml, benchmarks.yaml, methods.yaml) are read here with yaml only:
+# the DAG never imports the vcorr library. The jobs find the same folder via VCORR_CONFIG_DIR.
+
+import json
+import os
+import re
+import shlex
+from pathlib import Path
+
+import yaml
+from snakemake.utils import validate
+
+
+validate(config, schema="../schemas/config.schema.yaml")
+
+REPOSITORY = Path(workflow.basedir).parent
+REGISTRY_DIR = (Path(config["registries"]) if config["registries"] else REPOSITORY / "config").resolve()
+
+
+def read_registry(name):
+    path = REGISTRY_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise WorkflowError(f"{path}: registry missing (config key `registries`: {config['registries']})")
+    return yaml.safe_load(path.read_text()) or {}
+
+
+DATASETS = read_registry("datasets")
+BENCHMARKS = read_registry("benchmarks")
+METHODS = read_registry("methods")
+
+# Datasets with archives of their own (a derived set such as davis16 reuses another's folder).
+DOWNLOADED_DATASETS = [
+    name for name, entry in DATASETS.items() if entry.get("kind") == "dataset" and entry.get("files")
+]
+SCORERS = {"davis", "jhmdb", "vip", "server"}
+
+
+def one_of(names):
+    return "|".join(re.escape(name) for name in sorted(names, key=len, reverse=True))
+
+
+def benchmarks_scored_by(scorer):
+    return [name for name, entry in BENCHMARKS.items() if entry["scorer"] == scorer]
+
+
+wildcard_constraints:
+    benchmark=one_of(BENCHMARKS),
+    method=one_of(METHODS),
+    dataset=one_of(DOWNLOADED_DATASETS),
+    part=r"all|shard-\d+-of-\d+",
+
+
+def pick(requested, known, what):
+    if requested == "all":
+        return list(known)
+    unknown = [name for name in requested if name not in known]
+    if unknown:
+        raise WorkflowError(f"config evaluate.{what}: unknown {', '.join(unknown)} (known: {', '.join(known)})")
+    return list(requested)
+
+
+def requested_pairs():
+    """(benchmark, method) for every requested method on every requested benchmark it supports."""
+    benchmarks = pick(config["evaluate"]["benchmarks"], BENCHMARKS, "benchmarks")
+    methods = pick(config["evaluate"]["methods"], METHODS, "methods")
+    return [
+        (benchmark, method)
+        for benchmark in benchmarks
+        for method in methods
+        if benchmark in METHODS[method]["benchmarks"]
+    ]
+
+
+def all_targets():
+    targets = ["results/summary.csv"]
+    targets += [f"results/{benchmark}/{method}.json" for benchmark, method in requested_pairs()]
+    if config["scoring"]["crosscheck_davis"]:
+        targets += [
+            f"results/crosscheck/{benchmark}/{method}.json"
+            for benchmark, method in requested_pairs()
+            if BENCHMARKS[benchmark]["scorer"] == "davis"
+        ]
+    return targets
+
+
+# --- data ------------------------------------------------------------------------------------
+
+
+def download_files(dataset):
+    """The files `vcorr data fetch` must leave in resources/downloads/<dataset>/.
+
+    Optional files and alternatives (JHMDB's videos, used only when the frame archive is absent)
+    are used when present but are not outputs: their absence is no reason to rerun anything.
+    """
+    return [
+        f"resources/downloads/{dataset}/{item['name']}"
+        for item in DATASETS[dataset].get("files") or []
+        if item.get("required", True) and not item.get("alternative_to")
+    ]
+
+
+def benchmark_dataset(benchmark):
+    return BENCHMARKS[benchmark]["dataset"]
+
+
+def data_root(benchmark):
+    """The dataset root as the official tools take it (e.g. resources/data/davis17/DAVIS)."""
+    return os.path.normpath(f"resources/data/{benchmark_dataset(benchmark)}/{BENCHMARKS[benchmark]['root']}")
+
+
+def benchmark_data(wildcards):
+    dataset = benchmark_dataset(wildcards.benchmark)
+    return {"data": f"resources/data/{dataset}", "index": f"resources/index/{dataset}.csv"}
+
+
+# --- weights ---------------------------------------------------------------------------------
+
+
+def method_weights(method):
+    """resources/data/<id>/<file> of every released checkpoint the method reads."""
+    return [
+        f"resources/data/{encoder['weights']['id']}/{encoder['weights']['file']}"
+        for encoder in METHODS[method]["encoders"]
+        if encoder.get("weights")
+    ]
+
+
+def weights_in_use():
+    """{weights id: [files]} over every method of the registry."""
+    files = {}
+    for method in METHODS.values():
+        for encoder in method["encoders"]:
+            if encoder.get("weights"):
+                weights = encoder["weights"]
+                files.setdefault(weights["id"], set()).add(weights["file"])
+    return {weights_id: sorted(names) for weights_id, names in files.items()}
+
+
+# --- propagation -----------------------------------------------------------------------------
+
+
+def shard_count(benchmark):
+    """Server-scored benchmarks split into config-many jobs; the others run as one."""
+    if BENCHMARKS[benchmark]["scorer"] != "server":
+        return 1
+    return config["propagation"]["shards"].get(benchmark, 1)
+
+
+def prediction_parts(benchmark, method):
+    count = shard_count(benchmark)
+    parts = ["all"] if count == 1 else [f"shard-{index}-of-{count}" for index in range(1, count + 1)]
+    return [f"results/predictions/{benchmark}/{method}/{part}" for part in parts]
+
+
+def shard_argument(wildcards):
+    match = re.fullmatch(r"shard-(\d+)-of-(\d+)", wildcards.part)
+    return f"--shard {match[1]}/{match[2]}" if match else ""
+
+
+def parameter_overrides(benchmark):
+    """`--set KEY=VALUE` arguments from config propagation.set.<benchmark> (values as JSON)."""
+    overrides = config["propagation"]["set"].get(benchmark, {})
+    return " ".join(
+        f"--set {shlex.quote(f'{key}={json.dumps(value)}')}" for key, value in sorted(overrides.items())
+    )
+
+
+def propagation_settings(wildcards):
+    """Everything of the method that shapes this benchmark's predictions.
+
+    A params: value, so that editing one benchmark's settings (in methods.yaml or config
+    propagation.set) reruns that benchmark's propagation and scoring and nothing else.
+    """
+    method = METHODS[wildcards.method]
+    return {
+        "encoders": method["encoders"],
+        "fusion": method.get("fusion"),
+        "input": method["input"],
+        "protocol": method["protocol"],
+        "benchmark": method["benchmarks"][wildcards.benchmark],
+        "overrides": config["propagation"]["set"].get(wildcards.benchmark, {}),
+    }
+
+
+# --- scoring and reports ---------------------------------------------------------------------
+
+
+def evaluation_file(benchmark, method):
+    """What a result reports: the scorer's JSON, or the archive for an evaluation server."""
+    if BENCHMARKS[benchmark]["scorer"] == "server":
+        return f"results/{benchmark}/{method}.zip"
+    return f"results/scores/{benchmark}/{method}.json"
+
+
+def timing_files(benchmark, method):
+    files = [
+        f"logs/benchmarks/propagate/{benchmark}/{method}.{Path(part).name}.tsv"
+        for part in prediction_parts(benchmark, method)
+    ]
+    stage = "export" if BENCHMARKS[benchmark]["scorer"] == "server" else "score"
+    return files + [f"logs/benchmarks/{stage}/{benchmark}/{method}.tsv"]
+
+
+def registry_list(benchmark):
+    """The split list a scorer takes (e.g. JHMDB's), from the registry folder."""
+    return str(REGISTRY_DIR / BENCHMARKS[benchmark]["split_list"])
+
+
+def job_resources(stage):
+    return config["resources"][stage]
+
+
+# Every job sees the registries as VCORR_CONFIG_DIR and runs this checkout's `vcorr`
+# (workflow/scripts/vcorr: `python3 -m vcorr` with the checkout on PYTHONPATH), whatever
+# environment it runs in: the system one, or a conda env of envs/ (--software-deployment-method
+# conda) that holds only the dependencies. Cluster jobs re-read this file, so they get it too.
+shell.prefix(
+    "set -euo pipefail; "
+    f"export VCORR_CONFIG_DIR={shlex.quote(str(REGISTRY_DIR))}; "
+    f"export PATH={shlex.quote(str(Path(workflow.basedir, 'scripts')))}:\"$PATH\"; "
+    f"export PYTHONPATH={shlex.quote(str(REPOSITORY))}\"${{{{PYTHONPATH:+:$PYTHONPATH}}}}\"; "
+)
