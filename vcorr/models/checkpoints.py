@@ -152,7 +152,8 @@ def _read(path: Path) -> Any:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True), None
     except Exception as safe_error:  # noqa: BLE001 - classified below
-        safe_message = str(safe_error).splitlines()[0] if str(safe_error) else type(safe_error).__name__
+        lines = str(safe_error).splitlines() or [type(safe_error).__name__]
+        safe_message = next((line.strip() for line in lines if "Unsupported global" in line), lines[0])
     try:
         # Released checkpoints often pickle extra Python objects (argparse args, numpy scalars in
         # mmcv metadata); these files are ones the user chose to load.
