@@ -82,7 +82,7 @@ class _Server(ThreadingHTTPServer):
 def server():
     httpd = _Server(("127.0.0.1", 0), _Handler)
     httpd.routes, httpd.modes, httpd.drops_left, httpd.requests = {}, {}, {}, []
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     httpd.mirror = f"http://127.0.0.1:{httpd.server_address[1]}"
     yield httpd
@@ -469,3 +469,43 @@ def test_manual_weights_placed_by_hand(tmp_path, capsys):
     (downloads / "stt_r18_s4" / "stt_r18_s4.pth").write_bytes(b"tampered")
     assert cli("fetch", "stt_r18_s4", "--dest", downloads) == 2
     assert "does not match the hash recorded" in capsys.readouterr().err
+
+
+def test_ytvos_placed_by_hand_objects_over_first_appearances(tmp_path, registry):
+    registry({"ytvos18": {"index": {"valid": {"expect": {"sequences": 2, "frames": 5, "objects": 3}}}}})
+    downloads, data = tmp_path / "downloads", tmp_path / "data"
+    meta = b'{"videos": {"0a49f5265b": {"objects": {}}, "0062f687f1": {"objects": {}}}}'
+    entries = {"valid/meta.json": meta}
+    for vid, frames in {"0062f687f1": (0, 5, 10), "0a49f5265b": (0, 5)}.items():
+        for number in frames:
+            entries[f"valid/JPEGImages/{vid}/{number:05d}.jpg"] = jpeg_bytes()
+    entries["valid/Annotations/0062f687f1/00000.png"] = label_bytes([1])
+    entries["valid/Annotations/0062f687f1/00005.png"] = label_bytes([1, 2])  # object 2 appears here
+    entries["valid/Annotations/0a49f5265b/00000.png"] = label_bytes([1])
+    (downloads / "ytvos18").mkdir(parents=True)
+    (downloads / "ytvos18" / "valid.zip").write_bytes(zip_bytes(entries))
+    assert cli("fetch", "ytvos18", "--dest", downloads) == 0
+    assert cli("extract", "ytvos18", "--downloads", downloads, "--dest", data) == 0
+    assert cli("index", "ytvos18", "--data", data, "--out", tmp_path / "y.csv") == 0
+    table = read_index(tmp_path / "y.csv")
+    assert table.sequence.tolist() == ["0062f687f1"] * 3 + ["0a49f5265b"] * 2
+    assert table.objects.tolist() == [2, 2, 2, 1, 1]
+    assert table.image[0] == str(data / "ytvos18" / "valid" / "JPEGImages" / "0062f687f1" / "00000.jpg")
+
+
+def test_imagenet_class_archives_unpacked(tmp_path, registry):
+    registry({"imagenet": {"index": {"train": {"expect": {"sequences": 2, "frames": 3}}}}})
+    downloads, data = tmp_path / "downloads", tmp_path / "data"
+    inner = {
+        "n01440764.tar": tar_bytes({"n01440764_10026.JPEG": jpeg_bytes(), "n01440764_10027.JPEG": jpeg_bytes()}),
+        "n01443537.tar": tar_bytes({"n01443537_10007.JPEG": jpeg_bytes()}),
+    }
+    (downloads / "imagenet").mkdir(parents=True)
+    (downloads / "imagenet" / "ILSVRC2012_img_train.tar").write_bytes(tar_bytes(inner))
+    assert cli("fetch", "imagenet", "--dest", downloads) == 0
+    assert cli("extract", "imagenet", "--downloads", downloads, "--dest", data) == 0
+    assert cli("index", "imagenet", "--data", data, "--out", tmp_path / "i.csv") == 0
+    table = read_index(tmp_path / "i.csv")
+    assert table.sequence.tolist() == ["n01440764", "n01440764", "n01443537"]
+    assert table.image[2] == str(data / "imagenet" / "train" / "n01443537" / "n01443537_10007.JPEG")
+    assert sorted(path.name for path in (data / "imagenet").iterdir()) == [MARKER, "train"]
