@@ -34,7 +34,6 @@ METHODS = read_registry("methods")
 DOWNLOADED_DATASETS = [
     name for name, entry in DATASETS.items() if entry.get("kind") == "dataset" and entry.get("files")
 ]
-SCORERS = {"davis", "jhmdb", "vip", "server"}
 
 
 def one_of(names):
@@ -43,6 +42,10 @@ def one_of(names):
 
 def benchmarks_scored_by(scorer):
     return [name for name, entry in BENCHMARKS.items() if entry["scorer"] == scorer]
+
+
+# The official davis2017-evaluation scores DAVIS-2017 sets only.
+CROSSCHECKED = [name for name in benchmarks_scored_by("davis") if BENCHMARKS[name].get("year") == 2017]
 
 
 wildcard_constraints:
@@ -80,7 +83,7 @@ def all_targets():
         targets += [
             f"results/crosscheck/{benchmark}/{method}.json"
             for benchmark, method in requested_pairs()
-            if BENCHMARKS[benchmark]["scorer"] == "davis"
+            if benchmark in CROSSCHECKED
         ]
     return targets
 
@@ -150,7 +153,8 @@ def shard_count(benchmark):
 
 def prediction_parts(benchmark, method):
     count = shard_count(benchmark)
-    parts = ["all"] if count == 1 else [f"shard-{index}-of-{count}" for index in range(1, count + 1)]
+    # Shards are numbered from 0, as `vcorr propagate --shard i/n` takes them.
+    parts = ["all"] if count == 1 else [f"shard-{index}-of-{count}" for index in range(count)]
     return [f"results/predictions/{benchmark}/{method}/{part}" for part in parts]
 
 
@@ -194,13 +198,16 @@ def evaluation_file(benchmark, method):
     return f"results/scores/{benchmark}/{method}.json"
 
 
-def timing_files(benchmark, method):
-    files = [
+def propagate_timings(benchmark, method):
+    return [
         f"logs/benchmarks/propagate/{benchmark}/{method}.{Path(part).name}.tsv"
         for part in prediction_parts(benchmark, method)
     ]
+
+
+def evaluate_timing(benchmark, method):
     stage = "export" if BENCHMARKS[benchmark]["scorer"] == "server" else "score"
-    return files + [f"logs/benchmarks/{stage}/{benchmark}/{method}.tsv"]
+    return f"logs/benchmarks/{stage}/{benchmark}/{method}.tsv"
 
 
 def registry_list(benchmark):

@@ -6,7 +6,8 @@ rule result:
     input:
         evaluation=lambda wildcards: evaluation_file(wildcards.benchmark, wildcards.method),
         weights=lambda wildcards: method_weights(wildcards.method),
-        timings=lambda wildcards: timing_files(wildcards.benchmark, wildcards.method),
+        propagate_timings=lambda wildcards: propagate_timings(wildcards.benchmark, wildcards.method),
+        evaluate_timing=lambda wildcards: evaluate_timing(wildcards.benchmark, wildcards.method),
     output:
         report(
             "results/{benchmark}/{method}.json",
@@ -25,7 +26,8 @@ rule result:
         "../../envs/vcorr.yaml"
     shell:
         "vcorr report result --benchmark {wildcards.benchmark} --method {wildcards.method}"
-        " --evaluation {input.evaluation} --weights {input.weights} --timings {input.timings}"
+        " --evaluation {input.evaluation} --weights {input.weights}"
+        " --propagate-timings {input.propagate_timings} --evaluate-timings {input.evaluate_timing}"
         " {params.overrides} --out {output} > {log} 2>&1"
 
 

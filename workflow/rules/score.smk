@@ -108,9 +108,8 @@ rule crosscheck_davis:
     params:
         root=lambda wildcards: data_root(wildcards.benchmark),
         subset=lambda wildcards: BENCHMARKS[wildcards.benchmark]["subset"],
-        year=lambda wildcards: BENCHMARKS[wildcards.benchmark]["year"],
     wildcard_constraints:
-        benchmark=one_of(benchmarks_scored_by("davis")),
+        benchmark=one_of(CROSSCHECKED),
     log:
         "logs/crosscheck/{benchmark}/{method}.log",
     benchmark:
@@ -122,4 +121,4 @@ rule crosscheck_davis:
         "../../envs/davis2017-eval.yaml"
     shell:
         "vcorr report crosscheck-davis --davis-root {params.root} --results {input.predictions}"
-        " --subset {params.subset} --year {params.year} --scores {input.scores} --out {output} > {log} 2>&1"
+        " --subset {params.subset} --scores {input.scores} --out {output} > {log} 2>&1"

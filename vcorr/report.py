@@ -1,0 +1,245 @@
+"""Results with provenance, and the summary table over many results.
+
+A result (`results/<benchmark>/<method>.json`) says what was measured and how to reproduce it:
+the scorer's numbers, or for benchmarks an evaluation server scores, the archive to upload and
+where (vcorr never makes up a score for those); the vcorr version and git commit; the resolved
+method and benchmark configuration; the SHA-256 of every checkpoint read; and the timings of
+propagation and scoring (Snakemake benchmark files, or any TSV with an `s` column of seconds).
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import hashlib
+import importlib.metadata
+import json
+import platform
+import subprocess
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from vcorr import __version__
+from vcorr.errors import VcorrError
+from vcorr.io import atomic_file, write_json
+
+# Headline numbers per scorer, in the order the summary shows them.
+HEADLINES: dict[str, tuple[str, ...]] = {
+    "davis": ("J&F-Mean", "J-Mean", "F-Mean"),
+    "jhmdb": ("PCK@0.1", "PCK@0.2"),
+    "vip": ("mIoU",),
+}
+SUMMARY_FIXED = ("benchmark", "method", "status")
+SUMMARY_TAIL = ("archive", "upload_to", "result")
+_CHECKOUT = Path(__file__).resolve().parents[1]
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def git_state(checkout: Path = _CHECKOUT) -> dict[str, Any]:
+    """Commit of the checkout vcorr runs from, and whether tracked files differ from it."""
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", "-C", str(checkout), *args], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if commit is None:
+        return {"commit": None, "dirty": None}
+    return {"commit": commit, "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+
+
+def _package_version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def read_timing(path: Path) -> dict[str, float]:
+    """Seconds (and peak memory when recorded) from a Snakemake benchmark TSV."""
+    try:
+        with open(path, newline="") as handle:
+            rows = list(csv.DictReader(handle, delimiter="\t"))
+    except FileNotFoundError:
+        raise VcorrError(f"{path}: timing file missing") from None
+    if not rows or "s" not in rows[0]:
+        raise VcorrError(f"{path}: not a benchmark TSV (a header with an 's' column of seconds and one row)")
+    timing = {"seconds": float(rows[-1]["s"])}
+    if rows[-1].get("max_rss") not in (None, "", "NA", "-"):
+        timing["max_rss_mb"] = float(rows[-1]["max_rss"])
+    return timing
+
+
+def timings(propagate: Sequence[Path], evaluate: Sequence[Path]) -> dict[str, Any]:
+    """Wall-clock seconds of propagation (summed over shards) and of scoring or export."""
+    parts = [read_timing(path) for path in propagate]
+    result: dict[str, Any] = {
+        "propagate_s": round(sum(part["seconds"] for part in parts), 3),
+        "propagate_jobs": len(parts),
+    }
+    peaks = [part["max_rss_mb"] for part in parts if "max_rss_mb" in part]
+    if peaks:
+        result["propagate_max_rss_mb"] = max(peaks)
+    if evaluate:
+        result["evaluate_s"] = round(sum(read_timing(path)["seconds"] for path in evaluate), 3)
+    return result
+
+
+def _load_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise VcorrError(f"{path}: missing ({what})") from None
+    except json.JSONDecodeError as error:
+        raise VcorrError(f"{path}: not valid JSON ({what}: {error})") from None
+
+
+def find_headlines(scores: Any, names: Iterable[str]) -> dict[str, float]:
+    """The named numbers from a scorer's JSON: at its top level or one mapping down."""
+    names = list(names)
+    levels = [scores] + [value for value in scores.values() if isinstance(value, dict)] if isinstance(scores, dict) else []
+    for level in levels:
+        found = {name: level[name] for name in names if isinstance(level.get(name), (int, float))}
+        if found:
+            return found
+    return {}
+
+
+def build_result(
+    benchmark: str,
+    method_name: str,
+    evaluation: Path,
+    weights: Sequence[Path] = (),
+    propagate_timings: Sequence[Path] = (),
+    evaluate_timings: Sequence[Path] = (),
+    overrides: Sequence[str] = (),
+) -> dict[str, Any]:
+    from vcorr.methods import load_method, parse_overrides
+    from vcorr.registry import registry_entry
+
+    benchmark_entry = registry_entry("benchmarks", benchmark)
+    method = load_method(method_name)
+    settings = method.settings_for(benchmark, list(overrides))
+    scorer = benchmark_entry["scorer"]
+    evaluation = Path(evaluation)
+    result: dict[str, Any] = {"benchmark": benchmark, "method": method.name}
+    if scorer == "server":
+        if evaluation.suffix != ".zip" or not evaluation.is_file():
+            raise VcorrError(f"{evaluation}: {benchmark} is scored by an evaluation server; expected the .zip archive")
+        server = benchmark_entry.get("server") or {}
+        result.update(
+            status="awaiting server evaluation",
+            scores=None,
+            submission={
+                "archive": str(evaluation),
+                "archive_sha256": sha256_file(evaluation),
+                "archive_bytes": evaluation.stat().st_size,
+                "upload_to": server.get("url"),
+                "archive_layout": server.get("archive"),
+                "note": f"{benchmark} has no public ground truth: upload the archive to the server; vcorr reports no score",
+            },
+        )
+    else:
+        scores = _load_json(evaluation, f"scores of `vcorr score {scorer}`")
+        headlines = find_headlines(scores, HEADLINES.get(scorer, ()))
+        if not headlines:
+            raise VcorrError(f"{evaluation}: none of {', '.join(HEADLINES.get(scorer, ()))} found in the scores")
+        result.update(status="scored", headline=headlines, scores=scores, submission=None)
+    result["provenance"] = {
+        "vcorr_version": __version__,
+        "git": git_state(),
+        "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "host": platform.node(),
+        "python": platform.python_version(),
+        "torch": _package_version("torch"),
+        "method": method.as_dict(),
+        "benchmark": {"name": benchmark, **benchmark_entry},
+        "settings": settings.as_dict(),
+        "overrides": parse_overrides(list(overrides)),
+        "checkpoints": [
+            {"path": str(path), "sha256": sha256_file(Path(path)), "bytes": Path(path).stat().st_size} for path in weights
+        ],
+        "timings": timings(propagate_timings, evaluate_timings),
+    }
+    return result
+
+
+def write_result(out: Path, **kwargs: Any) -> dict[str, Any]:
+    result = build_result(**kwargs)
+    write_json(out, result)
+    return result
+
+
+def summary_rows(result_files: Sequence[Path]) -> tuple[list[str], list[dict[str, Any]]]:
+    """One row per result: benchmark, method, status, headline scores, archive and upload page."""
+    rows, metric_columns = [], []
+    for path in result_files:
+        result = _load_json(path, "a result of `vcorr report result`")
+        if not isinstance(result, dict) or not {"benchmark", "method", "status"} <= set(result):
+            raise VcorrError(f"{path}: not a vcorr result (needs benchmark, method, status)")
+        headline = result.get("headline") or {}
+        for name in headline:
+            if name not in metric_columns:
+                metric_columns.append(name)
+        submission = result.get("submission") or {}
+        rows.append({
+            "benchmark": result["benchmark"],
+            "method": result["method"],
+            "status": result["status"],
+            **headline,
+            "archive": submission.get("archive", ""),
+            "upload_to": submission.get("upload_to", ""),
+            "result": str(path),
+        })
+    return [*SUMMARY_FIXED, *metric_columns, *SUMMARY_TAIL], rows
+
+
+def write_summary(result_files: Sequence[Path], out: Path) -> int:
+    columns, rows = summary_rows(result_files)
+    with atomic_file(out) as temporary:
+        with open(temporary, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=columns, restval="")
+            writer.writeheader()
+            writer.writerows(rows)
+    return len(rows)
+
+
+def crosscheck_davis(
+    davis_root: Path, results: Path, subset: str, scores_file: Path, tolerance: float = 1e-6
+) -> dict[str, Any]:
+    """vcorr's DAVIS-2017 J&F next to the official davis2017-evaluation's on the same results.
+
+    Needs the official package (`davis2017`, envs/davis2017-eval.yaml). Raises when the two
+    disagree by more than `tolerance`, so a cluster run fails loudly instead of reporting a
+    number the official tool would not give.
+    """
+    try:
+        from davis2017.evaluation import DAVISEvaluation
+    except ImportError:
+        raise VcorrError(
+            "the official davis2017-evaluation is not installed: run this rule with "
+            "--software-deployment-method conda (envs/davis2017-eval.yaml)"
+        ) from None
+    import numpy as np
+
+    ours = find_headlines(_load_json(scores_file, "scores of `vcorr score davis`"), HEADLINES["davis"])
+    measured = DAVISEvaluation(davis_root=str(davis_root), task="semi-supervised", gt_set=subset).evaluate(str(results))
+    j_mean = float(np.mean(measured["J"]["M"]))
+    f_mean = float(np.mean(measured["F"]["M"]))
+    official = {"J&F-Mean": (j_mean + f_mean) / 2, "J-Mean": j_mean, "F-Mean": f_mean}
+    differences = {name: abs(official[name] - ours[name]) for name in official if name in ours}
+    report = {"vcorr": ours, "official": official, "abs_difference": differences, "tolerance": tolerance}
+    if not differences or max(differences.values()) > tolerance:
+        raise VcorrError(f"vcorr and davis2017-evaluation disagree on {results}: {json.dumps(report)}")
+    return report
