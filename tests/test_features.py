@@ -138,3 +138,21 @@ def test_weights_are_read_from_the_weights_root(tmp_path, frames):
     with torch.inference_mode():
         expected = reference.eval()(normalise_frames(frames[:1], "imagenet_rgb"))[0]
     assert torch.equal(extractor.extract(frames[0]), expected)
+
+
+def test_amp_is_a_no_op_on_cpu(frames):
+    config = [{"arch": "hvc_r18", "weights": None, "seed": 0}]
+    amp = FeatureExtractor(config, device="cpu", amp=True)
+    assert amp.amp is False
+    assert torch.equal(amp.extract(frames[0]), FeatureExtractor(config, device="cpu").extract(frames[0]))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_amp_on_cuda_returns_float32_close_to_full_precision(frames):
+    config = [{"arch": "hvc_r18", "weights": None, "seed": 0}, {"arch": "moco_r50", "weights": None, "seed": 1}]
+    full = FeatureExtractor(config, fusion="hvc", device="cuda").extract_batch(frames)
+    half = FeatureExtractor(config, fusion="hvc", device="cuda", amp=True)
+    assert half.amp
+    fused = half.extract_batch(frames)
+    assert fused.dtype == torch.float32 and fused.device.type == "cuda"
+    assert F.cosine_similarity(fused, full, dim=1).min().item() > 0.99

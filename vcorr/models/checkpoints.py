@@ -32,6 +32,11 @@ Formats (key layouts read from each seed's own saving/loading code):
 Keys of modules an encoder removes (layer4 for layer3 encoders, `fc`) are ignored by design.
 Missing BN `num_batches_tracked` counters are reported but never fatal (they do not affect
 inference); any other missing key is an error unless `strict=False`.
+
+Files are read with `torch.load(weights_only=True)` first. Released checkpoints that pickle other
+Python objects (e.g. numpy scalars in mmcv metadata) are then read with full unpickling, which can
+run code: the report notes it and a warning is emitted, so load only files you trust (the
+registry's released weights). `save_weights` keeps `meta` to plain data so vcorr files never need it.
 """
 
 from __future__ import annotations
@@ -144,8 +149,9 @@ def _rule_crw(key: str) -> tuple[str, str]:
     return "unexpected", ""
 
 
-def _read(path: Path) -> Any:
-    """torch.load restricted to tensors and plain data; full unpickling only as a noted fallback."""
+def _read(path: Path) -> tuple[Any, str | None]:
+    """(checkpoint, note): torch.load restricted to tensors and plain data (argparse args allowed);
+    full unpickling only as a fallback, noted in the report and warned about."""
     if not path.is_file():
         raise VcorrError(f"{path}: checkpoint file not found")
     try:
