@@ -1,0 +1,69 @@
+"""Fast decoding of the plain indexed PNGs that segmentation masks almost always are.
+
+Scoring decodes thousands of masks, and Pillow spends about twice the time of the inflation itself
+on each (opening, unfiltering, copying into numpy). Masks written by Pillow, OpenCV or the DAVIS
+tools are 8-bit palette or greyscale, not interlaced, with every row unfiltered: their ids are the
+inflated bytes minus one filter byte per row. Anything else (other bit depths or colour types,
+filtered rows, damaged files) goes to `vcorr.io.read_index_png`, which decodes it with Pillow or
+refuses it with the file name, so both paths return the same ids.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+
+import numpy as np
+
+from vcorr.io import read_index_png
+
+_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_GREYSCALE, _PALETTE = 0, 3
+
+
+def _plain_png_ids(data: bytes) -> np.ndarray | None:
+    """The `[H, W]` ids of a plain 8-bit indexed/greyscale PNG, or None for any other file."""
+    if not data.startswith(_SIGNATURE):
+        return None
+    position, idat, header = len(_SIGNATURE), [], None
+    while position + 8 <= len(data):
+        length, kind = struct.unpack_from(">I4s", data, position)
+        body = data[position + 8 : position + 8 + length]
+        if len(body) != length:
+            return None
+        if kind == b"IHDR":
+            header = struct.unpack(">IIBBBBB", body) if length == 13 else None
+        elif kind == b"IDAT":
+            idat.append(body)
+        elif kind == b"IEND":
+            break
+        position += 12 + length
+    else:
+        return None
+    if header is None or not idat:
+        return None
+    width, height, bit_depth, colour_type, _, _, interlace = header
+    if bit_depth != 8 or colour_type not in (_GREYSCALE, _PALETTE) or interlace != 0:
+        return None
+    size = height * (width + 1)
+    try:
+        raw = zlib.decompress(b"".join(idat), bufsize=size)  # one allocation, no regrowing
+    except zlib.error:
+        return None
+    if len(raw) != size:
+        return None
+    rows = np.frombuffer(raw, dtype=np.uint8).reshape(height, width + 1)
+    if rows[:, 0].any():  # some row uses a PNG filter: leave it to Pillow
+        return None
+    return rows[:, 1:].copy()
+
+
+def read_ids(path: str | os.PathLike) -> np.ndarray:
+    """Same result as `vcorr.io.read_index_png(path)` (writable uint8 `[H, W]`), faster."""
+    try:
+        with open(path, "rb") as handle:
+            ids = _plain_png_ids(handle.read())
+    except OSError:
+        ids = None
+    return read_index_png(path) if ids is None else ids
