@@ -1,0 +1,85 @@
+"""Label propagation through feature affinities: protocols "crw" (HVC) and "stt" (Spa-then-Temp).
+
+Entry points:
+
+- `propagate(feats, label0, protocol, late=None, **params)` -> `PropagationResult` with `.soft`
+  ``[T, M, h, w]`` and `.ids` ``[T, H, W]`` uint8, for a whole sequence of features;
+- `propagate_stream(features, label0, protocol, late=None, **params)` -> one `PropagatedFrame`
+  per frame, from any iterable of per-frame features (the pipeline streams frames this way);
+- `make_propagator(protocol, label0, **params)` -> the underlying streaming object (`push`).
+
+`propagate` is `propagate_stream` collected: there is one code path. Parameters:
+crw: ``cxt_size, radius, topk, temp`` (+ ``num_channels=20``); stt: ``precede, topk, temp,
+nrange, with_first=True, with_first_neighbor=True``; both: ``tile_size=(8, 8)`` (speed only) and
+``affinity_dtype="float32"`` (opt-in "float16" / "bfloat16" affinities; not exact).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+
+import torch
+
+from vcorr.errors import VcorrError
+from vcorr.propagation.protocols import CRWPropagator, PropagatedFrame, STTPropagator
+
+PROTOCOLS = {"crw": CRWPropagator, "stt": STTPropagator}
+
+__all__ = [
+    "PROTOCOLS",
+    "CRWPropagator",
+    "PropagatedFrame",
+    "PropagationResult",
+    "STTPropagator",
+    "make_propagator",
+    "propagate",
+    "propagate_stream",
+]
+
+
+@dataclass
+class PropagationResult:
+    soft: torch.Tensor  # [T, M, h, w]
+    ids: torch.Tensor  # [T, H, W] uint8
+
+
+def make_propagator(protocol: str, label0, **params) -> CRWPropagator | STTPropagator:
+    if protocol not in PROTOCOLS:
+        raise VcorrError(f"unknown propagation protocol {protocol!r} (known: {sorted(PROTOCOLS)})")
+    try:
+        return PROTOCOLS[protocol](label0, **params)
+    except TypeError as error:
+        raise VcorrError(f"protocol {protocol}: bad parameters ({error})") from None
+
+
+def propagate_stream(
+    features: Iterable[torch.Tensor],
+    label0,
+    protocol: str,
+    late: Mapping[int, object] | None = None,
+    **params,
+) -> Iterator[PropagatedFrame]:
+    """Yield every frame's propagated labels; `features` yields [K, h, w] tensors in order.
+
+    `late`: {t: [H, W] id map} of objects first annotated at frame t (only their ids, 0 elsewhere).
+    """
+    late = dict(late or {})
+    if 0 in late:
+        raise VcorrError("late objects: frame 0's objects belong in the initial labels")
+    propagator = make_propagator(protocol, label0, **params)
+    for t, frame_features in enumerate(features):
+        yield propagator.push(frame_features, late.pop(t, None))
+    if late:
+        raise VcorrError(f"late objects at frames {sorted(late)} beyond the sequence's end")
+
+
+def propagate(feats, label0, protocol: str, late=None, **params) -> PropagationResult:
+    """Propagate `label0` through a whole sequence `feats` [T, K, h, w] (or an iterable of
+    [K, h, w]); returns all soft labels and output maps."""
+    frames = list(propagate_stream(feats, label0, protocol, late, **params))
+    if not frames:
+        raise VcorrError("propagate: no frames")
+    return PropagationResult(
+        soft=torch.stack([f.soft for f in frames]), ids=torch.stack([f.ids for f in frames])
+    )

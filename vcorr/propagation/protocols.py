@@ -1,0 +1,284 @@
+"""The two published label propagation protocols as streaming propagators.
+
+A propagator is built from the first frame's labels and the protocol's parameters, then fed one
+frame's features at a time (`push`); it keeps only the context memory the protocol needs and
+returns each frame's soft labels (feature resolution) and output map (label resolution).
+See ../shared/reference/propagation.md (copied in the project docs) for the definitions:
+
+- `CRWPropagator` — protocol "crw" (HVC `infer_vos.py` + `labelprop/`, videowalk);
+- `STTPropagator` — protocol "stt" (Spa-then-Temp `VanillaTracker.forward_test`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from vcorr.errors import VcorrError
+from vcorr.propagation.affinity import ContextList, ContextMemory, TopK
+from vcorr.propagation.window import Window
+
+DEFAULT_TILE = (8, 8)
+AFFINITY_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class PropagatedFrame:
+    soft: torch.Tensor  # [M, h, w] soft labels at feature resolution
+    ids: torch.Tensor  # [H, W] uint8 output map
+
+
+def as_label_tensor(labels, device: torch.device) -> torch.Tensor:
+    """An `[H, W]` integer id map (int64) or `[M, H, W]` soft labels (float32) as a tensor."""
+    tensor = torch.as_tensor(np.asarray(labels) if not torch.is_tensor(labels) else labels)
+    if tensor.ndim == 2:
+        if tensor.is_floating_point():
+            raise VcorrError("initial labels: a [H, W] map must hold integer ids")
+        if int(tensor.min()) < 0:
+            raise VcorrError("initial labels: negative ids")
+        return tensor.to(device=device, dtype=torch.long)
+    if tensor.ndim == 3:
+        return tensor.to(device=device, dtype=torch.float32)
+    raise VcorrError(f"initial labels must be [H, W] ids or [M, H, W] soft labels, got {tuple(tensor.shape)}")
+
+
+def one_hot(ids: torch.Tensor, channels: int) -> torch.Tensor:
+    """[H, W] ids -> [channels, H, W] float one-hot."""
+    if int(ids.max()) >= channels:
+        raise VcorrError(f"label id {int(ids.max())} does not fit in {channels} channels")
+    return F.one_hot(ids, channels).permute(2, 0, 1).to(torch.float32)
+
+
+def _resize(labels: torch.Tensor, size: tuple[int, int], align_corners: bool) -> torch.Tensor:
+    return F.interpolate(labels[None], size, mode="bilinear", align_corners=align_corners)[0]
+
+
+def _normalise(features: torch.Tensor) -> torch.Tensor:
+    if features.ndim != 3:
+        raise VcorrError(f"features must be [K, h, w] per frame, got {tuple(features.shape)}")
+    return F.normalize(features.to(torch.float32), p=2, dim=0)
+
+
+def _predict(memory: ContextMemory, top: TopK, temp: float, shape: tuple[int, int]) -> torch.Tensor:
+    """Softmax over the k selected affinities (divided by the temperature, as the originals do)
+    and the weighted sum of the selected keys' labels -> [M, h, w]."""
+    weights = torch.softmax(top.similarity / temp, dim=1)
+    table = memory.values.view(-1, memory.values.shape[-1])
+    labels = table[top.value_rows]  # [hw, k, M]
+    return (labels * weights[..., None]).sum(1).t().reshape(-1, *shape)
+
+
+class _Propagator:
+    """Shared streaming bookkeeping: frame counter, memory creation, feature checks."""
+
+    window: Window
+    capacity: int
+
+    def __init__(self, label0, topk: int, temp: float, tile_size, affinity_dtype: str) -> None:
+        self.label0 = label0
+        self.topk = int(topk)
+        self.temp = float(temp)
+        self.tile_size = tuple(tile_size)
+        if affinity_dtype not in AFFINITY_DTYPES:
+            raise VcorrError(f"affinity_dtype must be one of {sorted(AFFINITY_DTYPES)}")
+        self.affinity_dtype = AFFINITY_DTYPES[affinity_dtype]
+        self.t = 0
+        self.memory: ContextMemory | None = None
+        self.feature_shape: tuple[int, ...] | None = None
+
+    def push(self, features: torch.Tensor, new_objects=None) -> PropagatedFrame:
+        """Propagate to the next frame given its features [K, h, w] (raw; normalised here).
+
+        `new_objects`: an [H, W] id map of objects first annotated at this frame (crw only)."""
+        features = _normalise(features)
+        if self.feature_shape is None:
+            self.feature_shape = tuple(features.shape)
+            labels = as_label_tensor(self.label0, features.device)
+            output = self._start(features, labels)
+        else:
+            if tuple(features.shape) != self.feature_shape:
+                raise VcorrError(
+                    f"frame {self.t}: features {tuple(features.shape)} differ from the first "
+                    f"frame's {self.feature_shape}"
+                )
+            output = self._step(features, new_objects)
+        self.t += 1
+        return output
+
+    def _new_memory(self, features: torch.Tensor, channels: int) -> ContextMemory:
+        dim, height, width = features.shape
+        return ContextMemory(
+            height, width, dim, channels, self.capacity, self.window, self.tile_size,
+            features.device, self.affinity_dtype,
+        )
+
+    def _start(self, features: torch.Tensor, labels: torch.Tensor) -> PropagatedFrame:
+        raise NotImplementedError
+
+    def _step(self, features: torch.Tensor, new_objects) -> PropagatedFrame:
+        raise NotImplementedError
+
+
+class CRWPropagator(_Propagator):
+    """Protocol "crw": context ``[t0] + [max(s, t0) for s in range(t - C, t)]`` per reference
+    chain t0, circle radius on all entries but the first, labels kept soft, objects that appear
+    later start their own chain (HVC `step_seg`)."""
+
+    def __init__(
+        self,
+        label0,
+        *,
+        cxt_size: int,
+        radius: float,
+        topk: int,
+        temp: float,
+        num_channels: int = 20,
+        tile_size=DEFAULT_TILE,
+        affinity_dtype: str = "float32",
+    ) -> None:
+        super().__init__(label0, topk, temp, tile_size, affinity_dtype)
+        self.cxt_size = int(cxt_size)
+        self.window = Window.circle(radius)
+        self.capacity = self.cxt_size
+        self.num_channels = int(num_channels)
+        self.chains: list[tuple[int, int, torch.Tensor]] = []  # (t0, dense index, valid [M,1,1])
+
+    def _labels_at_full_size(self, labels: torch.Tensor) -> torch.Tensor:
+        if labels.ndim == 2:
+            return one_hot(labels, max(self.num_channels, 1))
+        return labels
+
+    def _readout(self, soft: torch.Tensor) -> torch.Tensor:
+        up = _resize(soft, self.out_size, align_corners=True)
+        return up.argmax(0).to(torch.uint8)
+
+    def _start(self, features, labels):
+        full = self._labels_at_full_size(labels)
+        self.out_size = tuple(full.shape[-2:])
+        soft = _resize(full, features.shape[-2:], align_corners=True)
+        self.memory = self._new_memory(features, soft.shape[0])
+        dense = self.memory.add_dense(features, soft)
+        self.chains.append((0, dense, self._valid(soft)))
+        self.memory.store(0, features, soft)
+        return PropagatedFrame(soft, self._readout(soft))
+
+    @staticmethod
+    def _valid(labels: torch.Tensor) -> torch.Tensor:
+        """[M, 1, 1] 0/1: the channels present in a chain's initial labels."""
+        return (labels.flatten(1).sum(-1) > 0).to(torch.float32)[:, None, None]
+
+    def _step(self, features, new_objects):
+        t, memory = self.t, self.memory
+        contexts = [
+            ContextList(
+                dense=dense,
+                windowed_slots=[memory.slot_of[max(s, t0)] for s in range(t - self.cxt_size, t)],
+            )
+            for t0, dense, _ in self.chains
+        ]
+        tops = memory.select(features, contexts, self.topk)
+        shape = tuple(features.shape[-2:])
+        merged = sum(
+            valid * _predict(memory, top, self.temp, shape)
+            for (_, _, valid), top in zip(self.chains, tops)
+        )
+        if new_objects is not None:
+            merged = self._add_objects(features, merged, new_objects)
+        memory.keep_only(set(range(t + 1 - self.cxt_size, t + 1)))
+        memory.store(t, features, merged)
+        return PropagatedFrame(merged, self._readout(merged))
+
+    def _add_objects(self, features, merged, new_objects) -> torch.Tensor:
+        """HVC: ground truth of objects first annotated now overrides the prediction where it is
+        (only their channels: background is not re-annotated) and starts a new chain."""
+        ids = as_label_tensor(new_objects, features.device)
+        if ids.ndim != 2 or tuple(ids.shape) != self.out_size:
+            raise VcorrError(
+                f"frame {self.t}: new-object map {tuple(ids.shape)} differs from the first "
+                f"frame's labels {self.out_size}"
+            )
+        init = self._labels_at_full_size(ids)
+        init[0] = 0  # id 0 is "no new object" here
+        down = _resize(init, features.shape[-2:], align_corners=True)
+        weight = down.sum(0, keepdim=True)
+        merged = (1 - weight) * merged + weight * down
+        dense = self.memory.add_dense(features, merged)
+        self.chains.append((self.t, dense, self._valid(init)))
+        return merged
+
+
+class STTPropagator(_Propagator):
+    """Protocol "stt": keys = frame 0 (with_first) then frames ``max(0, t-P) .. t-1``, square
+    window ``|d| <= R // 2`` on every entry (frame 0 unrestricted without with_first_neighbor)."""
+
+    def __init__(
+        self,
+        label0,
+        *,
+        precede: int,
+        topk: int,
+        temp: float,
+        nrange: int,
+        with_first: bool = True,
+        with_first_neighbor: bool = True,
+        tile_size=DEFAULT_TILE,
+        affinity_dtype: str = "float32",
+    ) -> None:
+        super().__init__(label0, topk, temp, tile_size, affinity_dtype)
+        self.precede = int(precede)
+        self.window = Window.square(nrange)
+        self.with_first = bool(with_first)
+        self.first_dense = self.with_first and not bool(with_first_neighbor)
+        self.capacity = self.precede + 1  # frame 0 stays, plus the last P frames
+
+    def _start(self, features, labels):
+        height, width = features.shape[-2:]
+        self.index_labels = labels.ndim == 2
+        if self.index_labels:
+            # Spa-then-Temp resizes the id map with PIL nearest, then one-hot over max + 1 ids.
+            ids = labels.to("cpu", torch.uint8).numpy()
+            if int(labels.max()) > 255:
+                raise VcorrError("initial labels: ids above 255")
+            small = Image.fromarray(ids).resize((width, height), Image.NEAREST)
+            small_ids = torch.from_numpy(np.asarray(small).astype(np.int64)).to(features.device)
+            soft = one_hot(small_ids, int(small_ids.max()) + 1)
+            first_ids = labels.to(torch.uint8)
+        else:
+            soft = _resize(labels, (height, width), align_corners=False)
+            first_ids = labels.argmax(0).to(torch.uint8)
+        self.out_size = tuple(labels.shape[-2:])
+        self.memory = self._new_memory(features, soft.shape[0])
+        if self.first_dense:
+            self.memory.add_dense(features, soft)
+        self.memory.store(0, features, soft)
+        return PropagatedFrame(soft, first_ids)
+
+    def _readout(self, soft: torch.Tensor) -> torch.Tensor:
+        up = _resize(soft, self.out_size, align_corners=False)
+        if self.index_labels:
+            flat = up.flatten(1)
+            low = flat.min(1).values[:, None, None]
+            high = flat.max(1).values[:, None, None]
+            up = torch.where(high > 0, (up - low) / (high - low + 1e-12), up)
+        return up.argmax(0).to(torch.uint8)
+
+    def _step(self, features, new_objects):
+        if new_objects is not None:
+            raise VcorrError("objects that appear later are defined for protocol crw only")
+        t, memory = self.t, self.memory
+        frames = list(range(max(0, t - self.precede), t))
+        if self.with_first and not self.first_dense:
+            frames = [0] + frames
+        context = ContextList(
+            dense=0 if self.first_dense else None,
+            windowed_slots=[memory.slot_of[f] for f in frames],
+        )
+        (top,) = memory.select(features, [context], self.topk)
+        soft = _predict(memory, top, self.temp, tuple(features.shape[-2:]))
+        memory.keep_only({0} | set(range(t + 1 - self.precede, t + 1)))
+        memory.store(t, features, soft)
+        return PropagatedFrame(soft, self._readout(soft))
