@@ -68,9 +68,32 @@ def _versions() -> dict[str, str]:
 # --- DAVIS --------------------------------------------------------------------------------------
 
 
-def run_davis(args: argparse.Namespace) -> int:
-    import pandas as pd
+def _official_csv(rows: list[list], header: list[str]) -> str:
+    """CSV as the official tool's pandas call writes it: floats as %.3f, NaN as an empty field."""
+    import csv
+    import io
+    import math
 
+    def cell(value):
+        if isinstance(value, float):
+            return "" if math.isnan(value) else f"{value:.3f}"
+        return value
+
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows([[cell(value) for value in row] for row in rows])
+    return text.getvalue()
+
+
+def _table(rows: list[list], header: list[str]) -> str:
+    """A right-aligned text table, floats with 6 decimals (the official printout, via pandas)."""
+    cells = [header] + [[f"{v:.6f}" if isinstance(v, float) else str(v) for v in row] for row in rows]
+    widths = [max(len(row[column]) for row in cells) for column in range(len(header))]
+    return "\n".join(" ".join(value.rjust(width) for value, width in zip(row, widths)) for row in cells)
+
+
+def run_davis(args: argparse.Namespace) -> int:
     from vcorr.io import atomic_file, write_json
     from vcorr.metrics import davis
 
@@ -80,14 +103,13 @@ def run_davis(args: argparse.Namespace) -> int:
     measures = davis.global_measures(statistics)
     seconds = time.perf_counter() - start
 
-    table_global = pd.DataFrame([measures], columns=list(davis.GLOBAL_MEASURES))
-    table_objects = pd.DataFrame(
-        [(name, stats["J-Mean"], stats["F-Mean"]) for name, stats in statistics.items()],
-        columns=["Sequence", "J-Mean", "F-Mean"],
-    )
-    for table, name in ((table_global, "global_results"), (table_objects, "per-sequence_results")):
+    global_header, global_rows = list(davis.GLOBAL_MEASURES), [[measures[key] for key in davis.GLOBAL_MEASURES]]
+    object_header = ["Sequence", "J-Mean", "F-Mean"]
+    object_rows = [[name, stats["J-Mean"], stats["F-Mean"]] for name, stats in statistics.items()]
+    for name, header, rows in (("global_results", global_header, global_rows),
+                               ("per-sequence_results", object_header, object_rows)):
         with atomic_file(args.results / f"{name}-{args.subset}.csv") as temporary:
-            table.to_csv(temporary, index=False, float_format="%.3f")
+            temporary.write_text(_official_csv(rows, header))
     if args.out:
         write_json(args.out, {
             "benchmark": f"davis{args.year}", "subset": args.subset,
@@ -107,9 +129,9 @@ def run_davis(args: argparse.Namespace) -> int:
         })  # fmt: skip
 
     print(f"--------------------------- Global results for {args.subset} ---------------------------")
-    print(table_global.to_string(index=False))
+    print(_table(global_rows, global_header))
     print(f"\n---------- Per sequence results for {args.subset} ----------")
-    print(table_objects.to_string(index=False))
+    print(_table(object_rows, object_header))
     print(f"\nTotal time: {seconds:.2f} s", file=sys.stderr)
     return 0
 
