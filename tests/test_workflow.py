@@ -1,0 +1,368 @@
+"""The Snakemake workflow: its DAG on the real registries, and the tiny configuration run for real.
+
+Fast tests dry-run the workflow on the project's registries (every stage listed from download to
+score, the whole evaluation DAG, lint, config validation). The slow ones build the tiny
+configuration's data (.test/build_data.py), serve the downloadable part from 127.0.0.1 (the
+data CLI's mirror), place the manual-only archives by hand, run every rule on the CPU, then
+assert what each kind of change reruns, Snakemake's lock against a concurrent run, and what a
+failing job leaves behind.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.server
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEFILE = REPO / "workflow" / "Snakefile"
+TINY = REPO / ".test"
+DEFAULT_PROFILE = REPO / "profiles" / "default"
+RUN_TIMEOUT_S = 600
+
+
+def snakemake(*args: str, cwd: Path, env: dict | None = None, timeout: float = RUN_TIMEOUT_S) -> subprocess.CompletedProcess:
+    """`snakemake ARGS` as run from the repository root (its Snakefile and profiles/default), in
+    the working directory `cwd`; stdout and stderr captured together."""
+    command = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--workflow-profile", str(DEFAULT_PROFILE), *args]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run(command, cwd=cwd, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, timeout=timeout)
+
+
+def planned_jobs(dry_run_output: str) -> Counter:
+    """(rule, benchmark, method, part) of every job a `snakemake -n` lists, with multiplicity."""
+    jobs, current = [], None
+    for line in dry_run_output.splitlines():
+        header = re.fullmatch(r"(?:local)?rule (\S+):", line.strip())
+        if header:
+            current = {"rule": header[1]}
+            jobs.append(current)
+        elif current is not None and line.strip().startswith("wildcards:"):
+            for item in line.split(":", 1)[1].split(","):
+                key, _, value = item.strip().partition("=")
+                current[key] = value
+    return Counter((job["rule"], job.get("benchmark"), job.get("method"), job.get("part")) for job in jobs)
+
+
+def rule_counts(dry_run_output: str) -> Counter:
+    counts = Counter()
+    for (rule, *_wildcards), count in planned_jobs(dry_run_output).items():
+        counts[rule] += count
+    return counts
+
+
+def registry(name: str, folder: Path = REPO / "config") -> dict:
+    return yaml.safe_load((folder / f"{name}.yaml").read_text())
+
+
+# --- the project's registries: dry runs ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fresh_directory(tmp_path_factory) -> Path:
+    """An empty working directory: what a fresh clone has under resources/ and results/."""
+    return tmp_path_factory.mktemp("fresh")
+
+
+def test_dry_run_of_one_result_lists_every_stage_from_download_to_score(fresh_directory):
+    done = snakemake("-n", "results/davis17/hvc_release_coco.json",
+                     "--configfile", str(REPO / "config/config.yaml"), cwd=fresh_directory)
+    assert done.returncode == 0, done.stdout
+    assert rule_counts(done.stdout) == Counter({
+        "fetch_davis17": 1, "fetch_hvc_release": 1, "fetch_moco_v1_200ep": 1,  # downloads
+        "extract": 1, "index": 1,  # DAVIS unpacked and checked
+        "weights_hvc_release": 1, "weights_moco_v1_200ep": 1,  # HVC's COCO encoder and MoCo for the fusion
+        "propagate": 1, "score_davis": 1, "result": 1,
+    })
+    commands = done.stdout
+    assert "vcorr propagate --benchmark davis17 --data-root resources/data/davis17/DAVIS" in commands
+    assert "--method-config hvc_release_coco" in commands
+    assert "vcorr score davis --davis-root resources/data/davis17/DAVIS" in commands
+
+
+def test_dry_run_of_all_builds_every_method_on_every_benchmark(fresh_directory):
+    methods, benchmarks = registry("methods"), registry("benchmarks")
+    shards = yaml.safe_load((REPO / "config/config.yaml").read_text())["propagation"]["shards"]
+    pairs = [(benchmark, method) for method, entry in methods.items() for benchmark in entry["benchmarks"]]
+    server = {name for name, entry in benchmarks.items() if entry["scorer"] == "server"}
+
+    done = snakemake("-n", "all", "--configfile", str(REPO / "config/config.yaml"), cwd=fresh_directory)
+    assert done.returncode == 0, done.stdout
+    jobs = planned_jobs(done.stdout)
+    counts = rule_counts(done.stdout)
+    assert counts["result"] == len(pairs) and counts["summary"] == 1
+    assert counts["propagate"] == sum(shards.get(b, 1) if b in server else 1 for b, _ in pairs)
+    assert counts["export"] == sum(b in server for b, _ in pairs)
+    for benchmark, method in pairs:
+        assert jobs[("result", benchmark, method, None)] == 1
+    # YouTube-VOS: config-many shards per method, gathered by one export.
+    method = next(iter(methods))
+    ytvos_parts = {part for (rule, b, m, part) in jobs if rule == "propagate" and b == "ytvos18" and m == method}
+    assert ytvos_parts == {f"shard-{i}-of-{shards['ytvos18']}" for i in range(shards["ytvos18"])}
+
+
+def test_lint_is_clean(fresh_directory):
+    done = snakemake("--lint", "--configfile", str(REPO / "config/config.yaml"), cwd=fresh_directory)
+    assert done.returncode == 0, done.stdout
+    assert "Congratulations, your workflow is in a good condition!" in done.stdout, done.stdout
+
+
+@pytest.mark.parametrize(
+    ("overlay", "message"),
+    [
+        ({"evaluate": {"methods": ["no_such_method"]}}, "no_such_method"),
+        ({"propagation": {"device": "tpu"}}, "tpu"),
+        ({"propagation": {"shards": {"ytvos18": 0}}}, "minimum"),
+        ({"resoures": {}}, "resoures"),
+    ],
+)
+def test_bad_config_is_refused_with_the_key(fresh_directory, tmp_path, overlay, message):
+    overlay_file = tmp_path / "overlay.yaml"
+    overlay_file.write_text(yaml.safe_dump(overlay))
+    done = snakemake("-n", "--configfile", str(REPO / "config/config.yaml"), str(overlay_file), cwd=fresh_directory)
+    assert done.returncode != 0
+    assert message in done.stdout
+
+
+# --- the tiny configuration, run for real ----------------------------------------------------
+
+
+def load_builder():
+    spec = importlib.util.spec_from_file_location("tiny_build_data", TINY / "build_data.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@dataclass
+class TinyWorkspace:
+    """A working directory for the tiny configuration, with its own copy of the registries."""
+
+    root: Path
+    registries: Path
+    mirror_url: str
+
+    def config_files(self, **overlay) -> list[str]:
+        overlay_file = self.root / "overlay.yaml"
+        overlay_file.write_text(yaml.safe_dump({"registries": str(self.registries), **overlay}))
+        return ["--configfile", str(TINY / "config/config.yaml"), str(overlay_file)]
+
+    def run(self, *args: str, overlay: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
+        # Options taking several values (--configfile, --forcerun) end where the next one starts.
+        return snakemake(*args, *self.config_files(**(overlay or {})), cwd=self.root,
+                         env={"VCORR_MIRROR": self.mirror_url}, **kwargs)
+
+
+def serve(folder: Path) -> tuple[http.server.ThreadingHTTPServer, str]:
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+def make_tiny_workspace(root: Path, mirror: Path, mirror_url: str) -> TinyWorkspace:
+    """Registries copied (benchmarks.yaml resolved), manual-only archives placed by hand."""
+    registries = root / "registries"
+    shutil.copytree(TINY / "config", registries, symlinks=False)
+    (registries / "config.yaml").unlink()
+    datasets = registry("datasets", registries)
+    for dataset, entry in datasets.items():
+        if entry.get("manual"):
+            shutil.copytree(mirror / dataset, root / "resources" / "downloads" / dataset)
+    return TinyWorkspace(root, registries, mirror_url)
+
+
+@pytest.fixture(scope="module")
+def tiny_mirror(tmp_path_factory):
+    mirror = tmp_path_factory.mktemp("mirror")
+    load_builder().build(mirror)
+    server, url = serve(mirror)
+    yield mirror, url
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, tiny_mirror):
+    """The tiny configuration run once from scratch: (workspace, the run's output)."""
+    mirror, url = tiny_mirror
+    workspace = make_tiny_workspace(tmp_path_factory.mktemp("tiny"), mirror, url)
+    done = workspace.run("--cores", "2")
+    return workspace, done
+
+
+def tiny_pairs(workspace: TinyWorkspace) -> list[tuple[str, str]]:
+    evaluate = yaml.safe_load((TINY / "config/config.yaml").read_text())["evaluate"]
+    return [(b, m) for b in evaluate["benchmarks"] for m in evaluate["methods"]]
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.slow
+def test_tiny_configuration_runs_end_to_end(tiny_run):
+    workspace, done = tiny_run
+    assert done.returncode == 0, done.stdout[-6000:]
+    root = workspace.root
+    benchmarks = registry("benchmarks")
+    for benchmark, method in tiny_pairs(workspace):
+        result = json.loads((root / "results" / benchmark / f"{method}.json").read_text())
+        assert (result["benchmark"], result["method"]) == (benchmark, method)
+        provenance = result["provenance"]
+        assert provenance["git"]["commit"] is None or re.fullmatch(r"[0-9a-f]{40}", provenance["git"]["commit"])
+        assert provenance["settings"]["protocol"] == "crw"
+        assert provenance["timings"]["propagate_s"] > 0
+        checkpoints = provenance["checkpoints"]
+        if method == "tiny_crw":
+            weights = root / "resources/data/crw/pretrained.pth"
+            assert [c["sha256"] for c in checkpoints] == [sha256(weights)]
+        else:
+            assert checkpoints == []
+        if benchmarks[benchmark]["scorer"] == "server":
+            assert result["scores"] is None and result["status"] == "awaiting server evaluation"
+            assert result["submission"]["upload_to"] == benchmarks[benchmark]["server"]["url"]
+            assert (root / result["submission"]["archive"]).is_file()
+        else:
+            assert result["status"] == "scored" and result["headline"]
+    summary = (root / "results/summary.csv").read_text().splitlines()
+    assert len(summary) == 1 + len(tiny_pairs(workspace))
+    assert summary[0].startswith("benchmark,method,status,")
+    # Sharded propagation: ytvos18 in two jobs per method, both gathered into the archive.
+    for method in ("tiny_random", "tiny_crw"):
+        for shard in ("shard-0-of-2", "shard-1-of-2"):
+            assert (root / "results/predictions/ytvos18" / method / shard).is_dir()
+    # Every job wrote its log; heavy ones their timings.
+    assert (root / "logs/propagate/davis17/tiny_crw.all.log").stat().st_size > 0
+    assert (root / "logs/benchmarks/score/jhmdb/tiny_random.tsv").is_file()
+
+
+@pytest.mark.slow
+def test_second_run_has_nothing_to_do(tiny_run):
+    workspace, first = tiny_run
+    assert first.returncode == 0
+    done = workspace.run("-n")
+    assert done.returncode == 0, done.stdout
+    assert "Nothing to be done" in done.stdout, done.stdout
+    assert not planned_jobs(done.stdout)
+
+
+@pytest.mark.slow
+def test_changing_one_benchmarks_parameter_reruns_only_its_propagation_and_scoring(tiny_run):
+    workspace, first = tiny_run
+    assert first.returncode == 0
+    done = workspace.run("-n", overlay={"propagation": {"set": {"davis17": {"topk": 3}}}})
+    assert done.returncode == 0, done.stdout
+    assert planned_jobs(done.stdout) == Counter({
+        ("propagate", "davis17", "tiny_random", "all"): 1, ("propagate", "davis17", "tiny_crw", "all"): 1,
+        ("score_davis", "davis17", "tiny_random", None): 1, ("score_davis", "davis17", "tiny_crw", None): 1,
+        ("result", "davis17", "tiny_random", None): 1, ("result", "davis17", "tiny_crw", None): 1,
+        ("summary", None, None, None): 1, ("all", None, None, None): 1,
+    })
+
+
+@pytest.mark.slow
+def test_editing_one_methods_registry_settings_reruns_only_that_pair(tiny_run):
+    workspace, first = tiny_run
+    assert first.returncode == 0
+    methods_file = workspace.registries / "methods.yaml"
+    original = methods_file.read_text()
+    methods = yaml.safe_load(original)
+    methods["tiny_crw"]["benchmarks"]["jhmdb"] = {**methods["tiny_crw"]["benchmarks"]["jhmdb"], "radius": 3}
+    try:
+        methods_file.write_text(yaml.safe_dump(methods))
+        done = workspace.run("-n")
+    finally:
+        methods_file.write_text(original)
+    assert done.returncode == 0, done.stdout
+    assert planned_jobs(done.stdout) == Counter({
+        ("propagate", "jhmdb", "tiny_crw", "all"): 1, ("score_jhmdb", "jhmdb", "tiny_crw", None): 1,
+        ("result", "jhmdb", "tiny_crw", None): 1, ("summary", None, None, None): 1, ("all", None, None, None): 1,
+    })
+
+
+@pytest.mark.slow
+def test_replacing_a_weights_file_reruns_what_used_it_and_a_concurrent_run_is_locked_out(tiny_run):
+    workspace, first = tiny_run
+    assert first.returncode == 0
+    root = workspace.root
+    weights = root / "resources/data/crw/pretrained.pth"
+    load_builder().write_crw_checkpoint(weights, seed=1)
+    planned = workspace.run("-n")
+    assert planned.returncode == 0, planned.stdout
+    jobs = planned_jobs(planned.stdout)
+    expected = Counter()
+    for benchmark in ("davis17", "jhmdb", "vip"):
+        scorer = {"davis17": "score_davis", "jhmdb": "score_jhmdb", "vip": "score_vip"}[benchmark]
+        expected.update({("propagate", benchmark, "tiny_crw", "all"): 1, (scorer, benchmark, "tiny_crw", None): 1})
+    expected.update({("propagate", "ytvos18", "tiny_crw", f"shard-{i}-of-2"): 1 for i in range(2)})
+    expected.update({("export", "ytvos18", "tiny_crw", None): 1})
+    expected.update({("result", b, "tiny_crw", None): 1 for b in ("davis17", "jhmdb", "vip", "ytvos18")})
+    expected.update({("summary", None, None, None): 1, ("all", None, None, None): 1})
+    assert jobs == expected
+
+    # Run it, and start a second run on the same directory while the first holds the lock.
+    summary_before = (root / "results/summary.csv").read_text()
+    command = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--workflow-profile", str(DEFAULT_PROFILE),
+               "--cores", "1", *workspace.config_files()]
+    first_run = subprocess.Popen(command, cwd=root, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        locks = root / ".snakemake" / "locks"
+        deadline = time.monotonic() + 120
+        while not (locks.is_dir() and any(locks.iterdir())):
+            assert first_run.poll() is None, first_run.stdout.read()
+            assert time.monotonic() < deadline, "the first run never took the lock"
+            time.sleep(0.2)
+        second = workspace.run("--cores", "1")
+        assert second.returncode != 0
+        assert "cannot be locked" in second.stdout, second.stdout
+        output, _ = first_run.communicate(timeout=RUN_TIMEOUT_S)
+    finally:
+        if first_run.poll() is None:
+            first_run.kill()
+    assert first_run.returncode == 0, output[-6000:]
+
+    new_sha = sha256(weights)
+    for benchmark in ("davis17", "jhmdb", "vip", "ytvos18"):
+        result = json.loads((root / f"results/{benchmark}/tiny_crw.json").read_text())
+        assert [c["sha256"] for c in result["provenance"]["checkpoints"]] == [new_sha]
+    assert (root / "results/summary.csv").read_text().count("\n") == summary_before.count("\n")
+    assert "Nothing to be done" in workspace.run("-n").stdout
+
+
+@pytest.mark.slow
+def test_a_failing_job_leaves_no_partial_output_and_a_log_naming_the_cause(tiny_run):
+    workspace, first = tiny_run
+    assert first.returncode == 0
+    root = workspace.root
+    frames = sorted((root / "resources/data/vip/VIP_Fine/Images/videos2").glob("*.jpg"))
+    broken = frames[-1]
+    original = broken.read_bytes()
+    target = "results/predictions/vip/tiny_random/all"
+    try:
+        broken.write_bytes(b"not a jpeg")
+        done = workspace.run(target, "--cores", "1", "--forcerun", target)
+    finally:
+        broken.write_bytes(original)
+    assert done.returncode != 0
+    assert not (root / target).exists(), "the failed job's output folder was left behind"
+    assert not list((root / target).parent.glob(".*tmp*"))
+    log = (root / "logs/propagate/vip/tiny_random.all.log").read_text()
+    assert broken.name in log, log
