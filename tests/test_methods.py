@@ -58,7 +58,9 @@ def test_registry_method_resolves_on_every_benchmark_it_lists(name):
             weights = encoder["weights"]
             # The file is one the data step promises to unpack for that weights id.
             assert weights["file"] in datasets[weights["id"]]["index"]["weights"]["files"]
-    assert set(method.benchmarks) == set(BENCHMARKS)
+    # Spa-then-Temp's protocol has no objects that appear later, which YouTube-VOS needs.
+    expected = set(BENCHMARKS) - ({"ytvos18", "ytvos19"} if method.protocol == "stt" else set())
+    assert set(method.benchmarks) == expected
     for benchmark in method.benchmarks:
         settings = method.settings_for(benchmark)
         assert settings.protocol == method.protocol
