@@ -97,6 +97,7 @@ def measure(root: Path, overrides: list[str], threads: int) -> dict:
         "pipeline_seconds_per_frame_all": total / len(plan.frames),
         "pipeline_seconds_per_frame_context_full": sum(full) / len(full),
         "frames_with_full_context": len(per_frame[context:]),
+        "per_frame_seconds": [round(seconds, 3) for seconds in per_frame],
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 
@@ -132,6 +133,7 @@ def main() -> int:
           f"context is full ({result['frames_with_full_context']} frames), "
           f"{result['pipeline_seconds_per_frame_all']:.3f} s/frame over the whole sequence")
     print(f"peak memory (RSS, whole run):  {result['peak_rss_mb']:.0f} MB")
+    print(f"per frame (s): {result['per_frame_seconds']}")
     return 0
 
 
