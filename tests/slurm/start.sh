@@ -89,6 +89,8 @@ AccountingStorageHost=127.0.0.1
 AccountingStoragePort=$dbd_port
 AccountingStoragePass=$munge_socket
 AccountingStorageTRES=gres/gpu
+# Keep the comment the Snakemake executor gives each job (rule_<name>_wildcards_...) in sacct.
+AccountingStoreFlags=job_comment
 MinJobAge=300
 ReturnToService=2
 GresTypes=gpu
