@@ -23,7 +23,8 @@ def read_registry(name):
     path = REGISTRY_DIR / f"{name}.yaml"
     if not path.is_file():
         raise WorkflowError(f"{path}: registry missing (config key `registries`: {config['registries']})")
-    return yaml.safe_load(path.read_text()) or {}
+    # libyaml's loader when present: the registries are read on every invocation (~5x faster).
+    return yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}
 
 
 DATASETS = read_registry("datasets")
