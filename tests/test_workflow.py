@@ -362,7 +362,8 @@ def test_a_failing_job_leaves_no_partial_output_and_a_log_naming_the_cause(tiny_
     original = broken.read_bytes()
     target = "results/predictions/vip/tiny_random/all"
     try:
-        broken.write_bytes(b"not a jpeg")
+        # Truncated: its header reads, so the job fails half way, after writing videos1.
+        broken.write_bytes(original[: len(original) // 3])
         done = workspace.run(target, "--cores", "1", "--forcerun", target)
     finally:
         broken.write_bytes(original)
