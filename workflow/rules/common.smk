@@ -16,7 +16,8 @@ from snakemake.utils import validate
 validate(config, schema="../schemas/config.schema.yaml")
 
 REPOSITORY = Path(workflow.basedir).parent
-REGISTRY_DIR = (Path(config["registries"]) if config["registries"] else REPOSITORY / "config").resolve()
+# A relative `registries` is taken from the checkout (e.g. .test/config), whatever the working directory.
+REGISTRY_DIR = (REPOSITORY / (config["registries"] or "config")).resolve()
 
 
 def read_registry(name):
