@@ -259,6 +259,18 @@ def test_tiny_configuration_runs_end_to_end(tiny_run):
 
 
 @pytest.mark.slow
+def test_report_holds_the_summary_table_and_every_result(tiny_run):
+    workspace, first = tiny_run
+    assert first.returncode == 0
+    done = workspace.run("--report", "report.html")
+    assert done.returncode == 0, done.stdout
+    html = (workspace.root / "report.html").read_text(errors="replace")
+    assert "summary.csv" in html
+    for benchmark, method in tiny_pairs(workspace):
+        assert f"results/{benchmark}/{method}.json" in html or f"{method}.json" in html
+
+
+@pytest.mark.slow
 def test_second_run_has_nothing_to_do(tiny_run):
     workspace, first = tiny_run
     assert first.returncode == 0
