@@ -117,6 +117,17 @@ def test_dry_run_of_all_builds_every_method_on_every_benchmark(fresh_directory):
     assert ytvos_parts == {f"shard-{i}-of-{shards['ytvos18']}" for i in range(shards["ytvos18"])}
 
 
+def test_official_davis_crosscheck_joins_all_when_enabled(fresh_directory, tmp_path):
+    overlay = tmp_path / "crosscheck.yaml"
+    overlay.write_text(yaml.safe_dump({"scoring": {"crosscheck_davis": True}}))
+    done = snakemake("-n", "all", "--configfile", str(REPO / "config/config.yaml"), str(overlay), cwd=fresh_directory)
+    assert done.returncode == 0, done.stdout
+    crosschecks = {(b, m) for (rule, b, m, _part) in planned_jobs(done.stdout) if rule == "crosscheck_davis"}
+    # DAVIS-2017 sets only: the official tool does not score DAVIS-2016.
+    assert crosschecks == {("davis17", method) for method, entry in registry("methods").items()
+                           if "davis17" in entry["benchmarks"]}
+
+
 def test_lint_is_clean(fresh_directory):
     done = snakemake("--lint", "--configfile", str(REPO / "config/config.yaml"), cwd=fresh_directory)
     assert done.returncode == 0, done.stdout

@@ -136,3 +136,20 @@ def test_summary_refuses_a_file_that_is_not_a_result(tmp_path):
     with pytest.raises(VcorrError, match="stray.json: not a vcorr result"):
         write_summary([stray], tmp_path / "summary.csv")
     assert not (tmp_path / "summary.csv").exists()
+
+
+def test_official_crosscheck_says_how_to_get_the_official_tool(tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_davis2017(name, *args, **kwargs):
+        if name.startswith("davis2017"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_davis2017)
+    from vcorr.report import crosscheck_davis
+
+    with pytest.raises(VcorrError, match="davis2017-eval.yaml"):
+        crosscheck_davis(tmp_path, tmp_path, "val", tmp_path / "scores.json")
