@@ -14,6 +14,7 @@ from PIL import Image
 from vcorr.errors import VcorrError
 from vcorr.propagation import propagate, propagate_stream
 from vcorr.propagation.affinity import ordered_topk
+from vcorr.propagation.protocols import read_out
 from vcorr.propagation.window import Window, make_tiles
 
 # ---------------------------------------------------------------- the originals' answers
@@ -205,7 +206,7 @@ def _window_keys(tiles, h, w):
     """{query position: set of allowed key positions} read back from the tiles' masks."""
     allowed = {}
     for tile in tiles:
-        ok = tile.mask[..., 0] == 0  # [R, Q, Cn]
+        ok = tile.mask[:, 0] == 0  # [R, Q, Cn]
         for q, query in enumerate(tile.query_index.tolist()):
             allowed[query] = set(tile.key_index[ok[:, q, :]].tolist())
     return allowed
@@ -357,3 +358,26 @@ def test_bad_inputs_raise_clear_errors():
         propagate(feats, label0 + 30, "crw", cxt_size=2, radius=3, topk=3, temp=0.1)
     with pytest.raises(VcorrError, match="differ"):
         propagate([feats[0], feats[1, :, :5]], label0, "crw", cxt_size=2, radius=3, topk=3, temp=0.1)
+
+
+@pytest.mark.parametrize("align_corners, min_max", [(True, False), (False, True), (False, False)])
+def test_read_out_equals_argmax_over_all_channels(align_corners, min_max):
+    """Only non-empty channels are upsampled; the answer must equal the plain definition,
+    including pixels where every channel is 0 and ties."""
+    generator = torch.Generator().manual_seed(3)
+    soft = torch.rand(8, 6, 7, generator=generator)
+    soft[[1, 4, 7]] = 0  # empty channels, one below the others
+    soft[:, :2, :3] = 0  # all channels 0 here
+    soft[5, 3:, 4:] = soft[3, 3:, 4:]  # exact ties
+    size = (18, 21)
+    up = F.interpolate(soft[None], size, mode="bilinear", align_corners=align_corners)[0]
+    if min_max:
+        low = up.flatten(1).min(1).values[:, None, None]
+        high = up.flatten(1).max(1).values[:, None, None]
+        up = torch.where(high > 0, (up - low) / (high - low + 1e-12), up)
+    expected = up.argmax(0).to(torch.uint8)
+    assert torch.equal(read_out(soft, size, align_corners, min_max), expected)
+    soft[0] = 0
+    soft[2, 0, 0] = -1.0  # negative labels: every channel is compared
+    up = F.interpolate(soft[None], size, mode="bilinear", align_corners=align_corners)[0]
+    assert torch.equal(read_out(soft, size, align_corners, False), up.argmax(0).to(torch.uint8))

@@ -15,9 +15,10 @@ wins (entry order, then raster position). `ordered_topk` implements it; the grou
 keeps it (a group's rank uses the same order).
 
 Work per windowed frame is restricted to the windows: queries are tiled (`window.make_tiles`) and
-each tile is multiplied, in one batched GEMM over key rows, against the key rectangle of all
-memory slots at once; the memory is laid out ``[h, w, slot, K]`` so that the rectangle is a strided
-view (no gathering copy). Out-of-window keys get -inf. The top-k is then found in two exact
+each tile is multiplied, in one batched GEMM over (key row, slot), against the key rectangle of
+all memory slots at once; the memory is laid out ``[h, slot, w, K]`` so that the rectangle is a
+strided view (no gathering copy) and the scores come out ``[key row, slot, query, key col]`` with
+the key columns contiguous (cheap masking and row maxima). Out-of-window keys get -inf. The top-k is then found in two exact
 stages: the maximum of every key row segment (one "group" per key row, slot and query) ranks the
 groups; the k best groups contain the k best keys (a key outside them would be beaten by the
 maxima of k groups); only those k groups' keys are ranked individually.
@@ -87,7 +88,7 @@ class TopK:
 class ContextMemory:
     """Normalised features and labels of the frames a protocol keeps, scored by windowed top-k.
 
-    Windowed frames live in `capacity` slots (`keys` ``[h, w, slot, K]``); dense reference frames
+    Windowed frames live in `capacity` slots (`keys` ``[h, slot, w, K]``); dense reference frames
     are kept apart (``[hw, K]``). Labels of both live in one table `values` ``[rows, hw, M]``:
     slot s at row s, dense reference d at row ``capacity + d``.
     """
@@ -106,7 +107,7 @@ class ContextMemory:
     ) -> None:
         self.height, self.width, self.capacity = height, width, capacity
         self.affinity_dtype = affinity_dtype
-        self.keys = torch.zeros(height, width, capacity, dim, device=device, dtype=affinity_dtype)
+        self.keys = torch.zeros(height, capacity, width, dim, device=device, dtype=affinity_dtype)
         self.values = torch.zeros(capacity, height * width, channels, device=device)
         self.dense_keys: list[torch.Tensor] = []
         self.tiles: list[Tile] = make_tiles(height, width, window, tile_size, device)
@@ -119,7 +120,7 @@ class ContextMemory:
         if not free:
             raise RuntimeError("context memory is full: evict frames before storing new ones")
         slot = free[0]
-        self.keys[:, :, slot] = features.permute(1, 2, 0).to(self.affinity_dtype)
+        self.keys[:, slot] = features.permute(1, 2, 0).to(self.affinity_dtype)
         self.values[slot] = labels.flatten(1).t()
         self.slot_of[frame] = slot
 
@@ -177,14 +178,14 @@ class ContextMemory:
         self, tile: Tile, tile_query: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Scores of the tile's queries against its key rectangle in every slot, masked to the
-        windows: [R, Q, Cn, slot], and the per-(key row, query, slot) maxima [R, Q, slot]."""
-        rect = self.keys[tile.key_rows, tile.key_cols]  # [R, Cn, S, K], a strided view
-        n_rows, n_cols = rect.shape[0], rect.shape[1]
-        rect = rect.reshape(n_rows, n_cols * self.capacity, rect.shape[-1])
-        scores = torch.matmul(tile_query, rect.transpose(1, 2))  # [R, Q, Cn * S]
-        scores = scores.to(torch.float32).view(n_rows, -1, n_cols, self.capacity)
+        windows: [R, slot, Q, Cn], and the per-(key row, slot, query) maxima [R, slot, Q]."""
+        rect = self.keys[tile.key_rows, :, tile.key_cols]  # [R, S, Cn, K], a strided view
+        n_rows, n_cols = rect.shape[0], rect.shape[2]
+        rect = rect.reshape(n_rows * self.capacity, n_cols, rect.shape[-1])
+        scores = torch.matmul(tile_query, rect.transpose(1, 2))  # [R * S, Q, Cn]
+        scores = scores.to(torch.float32).view(n_rows, self.capacity, -1, n_cols)
         scores.add_(tile.mask)
-        return scores, scores.amax(dim=2)
+        return scores, scores.amax(dim=3)
 
     def _windowed_candidates(
         self,
@@ -196,14 +197,16 @@ class ContextMemory:
         """Candidates of the windowed entries `slots` (in context order, repeats included):
         the keys of the k best (key row, entry) groups of every query, in context order."""
         scores, group_max = windowed
-        n_rows, n_queries, n_cols, _ = scores.shape
-        groups = group_max[:, :, slots].permute(1, 2, 0).reshape(n_queries, -1)  # [Q, E*R]
+        n_rows, n_slots, n_queries, n_cols = scores.shape
+        groups = group_max[:, slots].permute(2, 1, 0).reshape(n_queries, -1)  # [Q, E * R]
         _, best = ordered_topk(groups, min(k, groups.shape[1]))
         best, _ = best.sort(dim=1)  # back to context order
         entry_slot = slots[best // n_rows]
         key_row = best % n_rows
         query = torch.arange(n_queries, device=scores.device)[:, None]
-        values = scores[key_row, query, :, entry_slot]  # [Q, g, Cn]
+        start = ((key_row * n_slots + entry_slot) * n_queries + query) * n_cols  # [Q, g]
+        columns = torch.arange(n_cols, device=scores.device)
+        values = scores.view(-1)[start[..., None] + columns]  # [Q, g, Cn]
         positions = tile.key_index[key_row]  # [Q, g, Cn]
         rows = entry_slot[..., None] * (self.height * self.width) + positions
         return values.reshape(n_queries, -1), rows.reshape(n_queries, -1)
@@ -214,15 +217,13 @@ class ContextMemory:
         """The k best keys of a dense reference frame for each of the tile's queries, by the same
         two stages (groups = key rows of the frame)."""
         n_queries = tile_query.shape[0]
-        scores = (tile_query @ self.dense_keys[dense].t()).to(torch.float32)
-        scores = scores.view(n_queries, self.height, self.width)
-        _, best_rows = ordered_topk(scores.amax(dim=2), min(k, self.height))
+        scores = (tile_query @ self.dense_keys[dense].t()).to(torch.float32)  # [Q, hw]
+        row_max = scores.view(n_queries, self.height, self.width).amax(dim=2)
+        _, best_rows = ordered_topk(row_max, min(k, self.height))
         best_rows, _ = best_rows.sort(dim=1)
-        query = torch.arange(n_queries, device=scores.device)[:, None]
-        values = scores[query, best_rows].reshape(n_queries, -1)  # [Q, g * w]
-        positions = (
-            best_rows[..., None] * self.width + torch.arange(self.width, device=scores.device)
-        ).reshape(n_queries, -1)
+        columns = torch.arange(self.width, device=scores.device)
+        positions = (best_rows[..., None] * self.width + columns).reshape(n_queries, -1)
+        values = scores.gather(1, positions)  # [Q, g * w]
         top_values, top_index = ordered_topk(values, min(k, values.shape[1]))
         rows = (self.capacity + dense) * (self.height * self.width) + positions.gather(1, top_index)
         return top_values, rows

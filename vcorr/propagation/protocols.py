@@ -57,6 +57,38 @@ def _resize(labels: torch.Tensor, size: tuple[int, int], align_corners: bool) ->
     return F.interpolate(labels[None], size, mode="bilinear", align_corners=align_corners)[0]
 
 
+def read_out(soft: torch.Tensor, size: tuple[int, int], align_corners: bool, min_max: bool) -> torch.Tensor:
+    """Output map: upsample the soft labels [M, h, w] to `size`, optionally min-max normalise each
+    channel over the frame (Spa-then-Temp; only channels whose max > 0), argmax over channels
+    (the first channel wins ties, as torch.argmax does).
+
+    Labels are non-negative (weighted sums of one-hot or heat-map labels), so channels that are
+    zero everywhere can only win where every channel is 0, and there the answer is channel 0:
+    only the non-empty channels are upsampled and compared."""
+    if bool((soft < 0).any()):
+        active = torch.arange(soft.shape[0], device=soft.device)
+    else:
+        active = (soft.flatten(1).amax(1) > 0).nonzero().squeeze(1)
+    ids = torch.zeros(size, dtype=torch.uint8, device=soft.device)
+    if len(active) == 0:
+        return ids
+    up = _resize(soft[active], size, align_corners=align_corners)
+    if min_max:
+        flat = up.flatten(1)
+        low = flat.min(1).values[:, None, None]
+        high = flat.max(1).values[:, None, None]
+        up = torch.where(high > 0, (up - low) / (high - low + 1e-12), up)
+    best, best_index = up[0].clone(), torch.zeros(size, dtype=torch.long, device=soft.device)
+    for index in range(1, len(active)):
+        better = up[index] > best
+        best = torch.where(better, up[index], best)
+        best_index.masked_fill_(better, index)
+    ids = active[best_index].to(torch.uint8)
+    if len(active) < soft.shape[0]:
+        ids.masked_fill_(best <= 0, 0)
+    return ids
+
+
 def _normalise(features: torch.Tensor) -> torch.Tensor:
     if features.ndim != 3:
         raise VcorrError(f"features must be [K, h, w] per frame, got {tuple(features.shape)}")
@@ -153,8 +185,7 @@ class CRWPropagator(_Propagator):
         return labels
 
     def _readout(self, soft: torch.Tensor) -> torch.Tensor:
-        up = _resize(soft, self.out_size, align_corners=True)
-        return up.argmax(0).to(torch.uint8)
+        return read_out(soft, self.out_size, align_corners=True, min_max=False)
 
     def _start(self, features, labels):
         full = self._labels_at_full_size(labels)
@@ -258,13 +289,7 @@ class STTPropagator(_Propagator):
         return PropagatedFrame(soft, first_ids)
 
     def _readout(self, soft: torch.Tensor) -> torch.Tensor:
-        up = _resize(soft, self.out_size, align_corners=False)
-        if self.index_labels:
-            flat = up.flatten(1)
-            low = flat.min(1).values[:, None, None]
-            high = flat.max(1).values[:, None, None]
-            up = torch.where(high > 0, (up - low) / (high - low + 1e-12), up)
-        return up.argmax(0).to(torch.uint8)
+        return read_out(soft, self.out_size, align_corners=False, min_max=self.index_labels)
 
     def _step(self, features, new_objects):
         if new_objects is not None:
