@@ -36,7 +36,7 @@ runuser -u munge -- munged --key-file="$scratch/munge-key/munge.key" --socket="$
 # MariaDB for accounting, on loopback TCP only.
 mariadb-install-db --user=root --datadir="$scratch/mysql" --auth-root-authentication-method=socket \
     >"$scratch/log/mariadb-install.log" 2>&1
-mariadbd --user=root --datadir="$scratch/mysql" --bind-address=127.0.0.1 --port="$db_port" \
+setsid mariadbd --user=root --datadir="$scratch/mysql" --bind-address=127.0.0.1 --port="$db_port" \
     --socket="$scratch/run/mysqld.sock" --pid-file="$scratch/run/mysqld.pid" \
     --log-error="$scratch/log/mariadb.log" --skip-name-resolve </dev/null >/dev/null 2>&1 &
 for _ in $(seq 60); do
