@@ -10,18 +10,20 @@ counted with their multiplicity, so a key present m times occupies m of the k sl
 does in the original list.
 
 Selection rule (also for exact ties, so results are deterministic and device independent): the k
-candidates with the largest affinity; among equal affinities the one earlier in the context list
-wins (entry order, then raster position). `ordered_topk` implements it; the group pruning below
-keeps it (a group's rank uses the same order).
+candidates with the largest affinity; among equal affinities the dense entry's keys come first
+(in raster order), then the windowed keys in raster order of their position, and at one position
+the earlier context entry. `ordered_topk` implements the rule on a candidate list; the pruning
+below keeps it.
 
 Work per windowed frame is restricted to the windows: queries are tiled (`window.make_tiles`) and
-each tile is multiplied, in one batched GEMM over (key row, slot), against the key rectangle of
-all memory slots at once; the memory is laid out ``[h, slot, w, K]`` so that the rectangle is a
-strided view (no gathering copy) and the scores come out ``[key row, slot, query, key col]`` with
-the key columns contiguous (cheap masking and row maxima). Out-of-window keys get -inf. The top-k is then found in two exact
-stages: the maximum of every key row segment (one "group" per key row, slot and query) ranks the
-groups; the k best groups contain the k best keys (a key outside them would be beaten by the
-maxima of k groups); only those k groups' keys are ranked individually.
+each tile is multiplied, in one batched GEMM over key rows, against the key rectangle of all
+memory slots at once; the memory is laid out ``[h, w, slot, K]`` so that the rectangle is a
+strided view (no gathering copy) and the scores come out ``[key row, query, key col, slot]``.
+The top-k is then found in two exact stages: every key position of a query is a "group" of
+candidates (one per windowed entry); the maximum over the slots (the contiguous inner dimension)
+ranks the groups, and the window mask (0 / -inf) is applied to these maxima only; the k best
+groups contain the k best candidates (a candidate outside them would be beaten by the maxima of
+k groups), so only their entries are ranked individually.
 """
 
 from __future__ import annotations
@@ -88,7 +90,7 @@ class TopK:
 class ContextMemory:
     """Normalised features and labels of the frames a protocol keeps, scored by windowed top-k.
 
-    Windowed frames live in `capacity` slots (`keys` ``[h, slot, w, K]``); dense reference frames
+    Windowed frames live in `capacity` slots (`keys` ``[h, w, slot, K]``); dense reference frames
     are kept apart (``[hw, K]``). Labels of both live in one table `values` ``[rows, hw, M]``:
     slot s at row s, dense reference d at row ``capacity + d``.
     """
@@ -107,7 +109,7 @@ class ContextMemory:
     ) -> None:
         self.height, self.width, self.capacity = height, width, capacity
         self.affinity_dtype = affinity_dtype
-        self.keys = torch.zeros(height, capacity, width, dim, device=device, dtype=affinity_dtype)
+        self.keys = torch.zeros(height, width, capacity, dim, device=device, dtype=affinity_dtype)
         self.values = torch.zeros(capacity, height * width, channels, device=device)
         self.dense_keys: list[torch.Tensor] = []
         self.tiles: list[Tile] = make_tiles(height, width, window, tile_size, device)
@@ -120,7 +122,7 @@ class ContextMemory:
         if not free:
             raise RuntimeError("context memory is full: evict frames before storing new ones")
         slot = free[0]
-        self.keys[:, slot] = features.permute(1, 2, 0).to(self.affinity_dtype)
+        self.keys[:, :, slot] = features.permute(1, 2, 0).to(self.affinity_dtype)
         self.values[slot] = labels.flatten(1).t()
         self.slot_of[frame] = slot
 
@@ -153,6 +155,7 @@ class ContextMemory:
             tile_query = query_hwk[tile.rows, tile.cols].reshape(-1, query_hwk.shape[-1])
             windowed = self._windowed_scores(tile, tile_query) if needs_windowed else None
             dense_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+            group_cache: dict[tuple[int, ...], torch.Tensor] = {}
             for context, slots, result in zip(contexts, slot_lists, results):
                 parts_values, parts_rows = [], []
                 if context.dense is not None:
@@ -163,7 +166,12 @@ class ContextMemory:
                     parts_values.append(dense_cache[context.dense][0])
                     parts_rows.append(dense_cache[context.dense][1])
                 if len(slots):
-                    values, rows = self._windowed_candidates(tile, windowed, slots, k)
+                    distinct = tuple(sorted(set(context.windowed_slots)))
+                    if distinct not in group_cache:
+                        group_cache[distinct] = self._position_maxima(tile, windowed, distinct)
+                    values, rows = self._windowed_candidates(
+                        tile, windowed, group_cache[distinct], slots, k
+                    )
                     parts_values.append(values)
                     parts_rows.append(rows)
                 values, rows = _pad_candidates(
@@ -174,41 +182,47 @@ class ContextMemory:
                 result.value_rows[tile.query_index] = rows.gather(1, top_index)
         return results
 
-    def _windowed_scores(
-        self, tile: Tile, tile_query: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Scores of the tile's queries against its key rectangle in every slot, masked to the
-        windows: [R, slot, Q, Cn], and the per-(key row, slot, query) maxima [R, slot, Q]."""
-        rect = self.keys[tile.key_rows, :, tile.key_cols]  # [R, S, Cn, K], a strided view
-        n_rows, n_cols = rect.shape[0], rect.shape[2]
-        rect = rect.reshape(n_rows * self.capacity, n_cols, rect.shape[-1])
-        scores = torch.matmul(tile_query, rect.transpose(1, 2))  # [R * S, Q, Cn]
-        scores = scores.to(torch.float32).view(n_rows, self.capacity, -1, n_cols)
-        scores.add_(tile.mask)
-        return scores, scores.amax(dim=3)
+    def _windowed_scores(self, tile: Tile, tile_query: torch.Tensor) -> torch.Tensor:
+        """Scores of the tile's queries against its key rectangle in every slot, unmasked:
+        [R, Q, Cn, slot]."""
+        rect = self.keys[tile.key_rows, tile.key_cols]  # [R, Cn, S, K], a strided view
+        n_rows, n_cols = rect.shape[0], rect.shape[1]
+        rect = rect.reshape(n_rows, n_cols * self.capacity, rect.shape[-1])
+        scores = torch.matmul(tile_query, rect.transpose(1, 2))  # [R, Q, Cn * S]
+        return scores.to(torch.float32).view(n_rows, -1, n_cols, self.capacity)
+
+    def _position_maxima(
+        self, tile: Tile, scores: torch.Tensor, distinct_slots: tuple[int, ...]
+    ) -> torch.Tensor:
+        """Per query, the best score at every key position of the rectangle over the given slots,
+        -inf outside the query's window: [Q, R * Cn] in raster order of the positions."""
+        if len(distinct_slots) < self.capacity:
+            index = torch.tensor(distinct_slots, dtype=torch.long, device=scores.device)
+            scores = scores.index_select(3, index)
+        maxima = scores.amax(dim=3) + tile.mask  # [R, Q, Cn]
+        return maxima.permute(1, 0, 2).reshape(maxima.shape[1], -1)
 
     def _windowed_candidates(
         self,
         tile: Tile,
-        windowed: tuple[torch.Tensor, torch.Tensor],
+        scores: torch.Tensor,
+        position_maxima: torch.Tensor,
         slots: torch.Tensor,
         k: int,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Candidates of the windowed entries `slots` (in context order, repeats included):
-        the keys of the k best (key row, entry) groups of every query, in context order."""
-        scores, group_max = windowed
-        n_rows, n_slots, n_queries, n_cols = scores.shape
-        groups = group_max[:, slots].permute(2, 1, 0).reshape(n_queries, -1)  # [Q, E * R]
-        _, best = ordered_topk(groups, min(k, groups.shape[1]))
-        best, _ = best.sort(dim=1)  # back to context order
-        entry_slot = slots[best // n_rows]
-        key_row = best % n_rows
+        every entry at the k best key positions of each query, ordered by (position, entry)."""
+        n_rows, n_queries, n_cols, n_slots = scores.shape
+        _, best = ordered_topk(position_maxima, min(k, position_maxima.shape[1]))
+        best, _ = best.sort(dim=1)  # back to raster order
+        key_row, key_col = best // n_cols, best % n_cols
         query = torch.arange(n_queries, device=scores.device)[:, None]
-        start = ((key_row * n_slots + entry_slot) * n_queries + query) * n_cols  # [Q, g]
-        columns = torch.arange(n_cols, device=scores.device)
-        values = scores.view(-1)[start[..., None] + columns]  # [Q, g, Cn]
-        positions = tile.key_index[key_row]  # [Q, g, Cn]
-        rows = entry_slot[..., None] * (self.height * self.width) + positions
+        start = ((key_row * n_queries + query) * n_cols + key_col) * n_slots  # [Q, g]
+        values = scores.view(-1)[start[..., None] + slots]  # [Q, g, E]
+        # the window mask again: a selected position may be outside (fewer than k inside)
+        values = values + tile.mask.view(n_rows, n_queries, n_cols)[key_row, query, key_col][..., None]
+        positions = tile.key_index.view(-1)[best]  # [Q, g]
+        rows = slots * (self.height * self.width) + positions[..., None]
         return values.reshape(n_queries, -1), rows.reshape(n_queries, -1)
 
     def _dense_candidates(

@@ -22,7 +22,14 @@ from vcorr.errors import VcorrError
 from vcorr.propagation.affinity import ContextList, ContextMemory, TopK
 from vcorr.propagation.window import Window
 
-DEFAULT_TILE = (8, 8)
+
+
+def default_tile(capacity: int) -> tuple[int, int]:
+    """Query tile (rows, cols): wide tiles when few frames are kept (the per-tile selection work
+    dominates), narrower ones for long contexts (the GEMM over the windows' union dominates and
+    grows with the tile). Measured at DAVIS size on 2 cores; results do not depend on it."""
+    return (12, 16) if capacity <= 8 else (12, 8)
+
 AFFINITY_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -114,7 +121,7 @@ class _Propagator:
         self.label0 = label0
         self.topk = int(topk)
         self.temp = float(temp)
-        self.tile_size = tuple(tile_size)
+        self.tile_size = tuple(tile_size) if tile_size is not None else None
         if affinity_dtype not in AFFINITY_DTYPES:
             raise VcorrError(f"affinity_dtype must be one of {sorted(AFFINITY_DTYPES)}")
         self.affinity_dtype = AFFINITY_DTYPES[affinity_dtype]
@@ -144,7 +151,8 @@ class _Propagator:
     def _new_memory(self, features: torch.Tensor, channels: int) -> ContextMemory:
         dim, height, width = features.shape
         return ContextMemory(
-            height, width, dim, channels, self.capacity, self.window, self.tile_size,
+            height, width, dim, channels, self.capacity, self.window,
+            self.tile_size or default_tile(self.capacity),
             features.device, self.affinity_dtype,
         )
 
@@ -169,7 +177,7 @@ class CRWPropagator(_Propagator):
         topk: int,
         temp: float,
         num_channels: int = 20,
-        tile_size=DEFAULT_TILE,
+        tile_size=None,
         affinity_dtype: str = "float32",
     ) -> None:
         super().__init__(label0, topk, temp, tile_size, affinity_dtype)
@@ -256,7 +264,7 @@ class STTPropagator(_Propagator):
         nrange: int,
         with_first: bool = True,
         with_first_neighbor: bool = True,
-        tile_size=DEFAULT_TILE,
+        tile_size=None,
         affinity_dtype: str = "float32",
     ) -> None:
         super().__init__(label0, topk, temp, tile_size, affinity_dtype)

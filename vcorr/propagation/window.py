@@ -60,7 +60,7 @@ class Tile:
     key_cols: slice
     query_index: torch.Tensor  # [Q] flat positions (y * w + x) of the tile's queries, row-major
     key_index: torch.Tensor  # [R, Cn] flat positions of the key rectangle
-    mask: torch.Tensor  # [R, 1, Q, Cn] additive: 0 where the window allows the key, -inf elsewhere
+    mask: torch.Tensor  # [R, Q, Cn] additive: 0 where the window allows the key, -inf elsewhere
 
 
 def make_tiles(
@@ -100,7 +100,7 @@ def make_tiles(
                     key_cols=slice(kx0, kx1),
                     query_index=(query_y * width + query_x).to(device),
                     key_index=(key_y[:, None] * width + key_x[None, :]).to(device),
-                    mask=mask[:, None].to(device),
+                    mask=mask.to(device),
                 )
             )
     return tiles
