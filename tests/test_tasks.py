@@ -15,6 +15,7 @@ from vcorr.propagation import propagate
 from vcorr.tasks import (
     IndexPngWriter,
     KeypointWriter,
+    jhmdb_first_heatmaps,
     joint_heatmaps,
     keypoint_coords,
     late_objects,
@@ -113,3 +114,19 @@ def test_writers_write_palette_pngs_and_coordinate_arrays(tmp_path):
     saved = np.load(writer.save(tmp_path / "action" / "clip.npy"))
     assert saved.shape == (2, 15, 4) and saved[0, 3, 2] == 2
     assert sorted(p.name for p in (tmp_path / "action").iterdir()) == ["clip.npy"]
+
+
+def test_jhmdb_first_heatmaps_read_the_1_based_mat(tmp_path):
+    import scipy.io
+
+    positions = np.zeros((2, 15, 3))
+    positions[0], positions[1] = np.linspace(10, 40, 15)[:, None], 20.0  # x, y (1-based)
+    scipy.io.savemat(tmp_path / "joint_positions.mat", {"pos_img": positions})
+    maps = jhmdb_first_heatmaps(tmp_path / "joint_positions.mat", (30, 50))
+    np.testing.assert_array_equal(maps, joint_heatmaps(positions[..., 0] - 1, (30, 50)))
+    assert maps[0, 19, 9] == 1.0  # 1-based (10, 20) -> pixel x 9, y 19
+    scipy.io.savemat(tmp_path / "bad.mat", {"pos_img": np.zeros((2, 14, 3))})
+    with pytest.raises(VcorrError, match="bad.mat"):
+        jhmdb_first_heatmaps(tmp_path / "bad.mat", (30, 50))
+    with pytest.raises(VcorrError, match="missing"):
+        jhmdb_first_heatmaps(tmp_path / "none.mat", (30, 50))

@@ -79,6 +79,22 @@ def joint_heatmaps(joints: np.ndarray, size: tuple[int, int], sigma: int = JHMDB
     return maps
 
 
+def jhmdb_first_heatmaps(mat_path: str | os.PathLike, size: tuple[int, int]) -> np.ndarray:
+    """Frame 0's `[15, H, W]` joint heat maps from a clip's `joint_positions.mat` (`pos_img`,
+    `[2, 15, T]`, 1-based as JHMDB ships it), at the frames' original size `(H, W)`."""
+    import scipy.io
+
+    if not Path(mat_path).is_file():
+        raise VcorrError(f"{mat_path}: missing")
+    try:
+        positions = np.asarray(scipy.io.loadmat(str(mat_path))["pos_img"], dtype=np.float64)
+    except (KeyError, ValueError, OSError) as error:
+        raise VcorrError(f"{mat_path}: not a JHMDB joint_positions.mat with pos_img ({error})") from None
+    if positions.ndim != 3 or positions.shape[:2] != (2, JHMDB_JOINTS) or positions.shape[2] < 1:
+        raise VcorrError(f"{mat_path}: pos_img has shape {positions.shape}, expected [2, {JHMDB_JOINTS}, T]")
+    return joint_heatmaps(positions[..., 0] - 1, size)
+
+
 def upsample_soft(soft: torch.Tensor, protocol: str, size: tuple[int, int]) -> torch.Tensor:
     """Soft labels [M, h, w] at the label resolution [M, H, W], as the protocol upsamples them."""
     return torch.nn.functional.interpolate(

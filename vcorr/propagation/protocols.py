@@ -133,7 +133,7 @@ class _Propagator:
         """Propagate to the next frame given its features [K, h, w] (raw; normalised here).
 
         `new_objects`: an [H, W] id map of objects first annotated at this frame (crw only)."""
-        features = _normalise(features)
+        features = _normalise(torch.as_tensor(features))
         if self.feature_shape is None:
             self.feature_shape = tuple(features.shape)
             labels = as_label_tensor(self.label0, features.device)
