@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from vcorr.errors import VcorrError
-from vcorr.propagation import propagate, propagate_stream
+from vcorr.propagation import make_propagator, propagate, propagate_stream
 from vcorr.propagation.affinity import ordered_topk
 from vcorr.propagation.protocols import read_out
 from vcorr.propagation.window import Window, make_tiles
@@ -44,12 +44,6 @@ def test_fixtures_reproduce_the_original_code(shared_testdata):
 # ---------------------------------------------------------------- dense reference
 
 
-def _select(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k over dim 0 of [L, Q] by (value desc, list position asc)."""
-    values, index = torch.sort(scores, dim=0, descending=True, stable=True)
-    return values[:k], index[:k]
-
-
 def _circle_allowed(h, w, radius):
     y, x = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
     y, x = y.reshape(-1), x.reshape(-1)
@@ -66,17 +60,19 @@ def _square_allowed(h, w, nrange):
 
 def _attend(query, keys, labels, allowed, k, temp):
     """query [K, hw]; keys list of [K, hw]; labels list of [M, hw]; allowed list of [hw, hw] bool
-    or None (unrestricted). The original's concatenated context list, densely."""
+    ([key, query]) or None (unrestricted). The original's concatenated context list, densely;
+    top-k as the originals take it (random inputs have no ties)."""
     scores = torch.cat(
         [
-            (key.t() @ query).masked_fill(~mask, float("-inf")) if mask is not None else key.t() @ query
+            (query.t() @ key).masked_fill(~mask.t(), float("-inf")) if mask is not None else query.t() @ key
             for key, mask in zip(keys, allowed)
-        ]
-    )
-    values, index = _select(scores, k)
-    weights = torch.softmax(values / temp, dim=0)  # [k, hw]
+        ],
+        dim=1,
+    )  # [query, context list]
+    values, index = torch.topk(scores, k, dim=1)
+    weights = torch.softmax(values / temp, dim=1)  # [hw, k]
     table = torch.cat(labels, 1)  # [M, L]
-    return (table[:, index] * weights[None]).sum(1)  # [M, hw]
+    return (table[:, index] * weights[None]).sum(2)  # [M, hw]
 
 
 def reference_crw(feats, label0, cxt_size, radius, topk, temp, late=None, channels=20):
@@ -153,6 +149,7 @@ def _random_sequence(seed, T, K, h, w, stride, n_ids):
         (1, (7, 8, 9, 11, 2), dict(cxt_size=8, radius=2.5, topk=4, temp=0.05), (3, 5)),  # t <= C throughout
         (2, (6, 8, 7, 12, 3), dict(cxt_size=2, radius=5, topk=20, temp=0.1), (4, 16)),  # k > circle
         (3, (5, 8, 6, 6, 2), dict(cxt_size=3, radius=1, topk=3, temp=0.1), (2, 2)),  # window = 1 cell
+        (4, (7, 16, 14, 19, 4), dict(cxt_size=50, radius=12, topk=15, temp=0.1), None),  # HVC defaults
     ],
 )
 def test_crw_equals_dense_reference(seed, shape, params, tile):
@@ -188,6 +185,7 @@ def test_crw_late_objects_equal_dense_reference():
         (1, (7, 8, 9, 11, 2), dict(precede=10, topk=7, temp=0.07, nrange=5), (3, 4)),  # frame 0 twice throughout
         (2, (8, 8, 8, 9, 3), dict(precede=2, topk=4, temp=0.1, nrange=24), (5, 5)),  # window > frame
         (3, (8, 16, 10, 13, 4), dict(precede=3, topk=6, temp=0.07, nrange=4, with_first_neighbor=False), (4, 8)),
+        (4, (24, 16, 30, 34, 2), dict(precede=20, topk=10, temp=0.07, nrange=24), None),  # Spa-then-Temp DAVIS
     ],
 )
 def test_stt_equals_dense_reference(seed, shape, params, tile):
@@ -331,6 +329,22 @@ def test_global_shift_moves_the_labels(protocol):
 
 
 # ---------------------------------------------------------------- interface
+
+
+@pytest.mark.parametrize(
+    "protocol, params, kept",
+    [
+        ("crw", dict(cxt_size=3, radius=3, topk=4, temp=0.1), 3),
+        ("stt", dict(precede=3, topk=4, temp=0.07, nrange=6), 4),  # frame 0 + the last 3
+    ],
+)
+def test_streaming_keeps_only_the_context(protocol, params, kept):
+    feats, label0 = _random_sequence(9, 12, 8, 6, 7, 2, n_ids=3)
+    propagator = make_propagator(protocol, label0, **params)
+    for t, frame in enumerate(feats):
+        propagator.push(frame)
+        assert len(propagator.memory.slot_of) == min(t + 1, kept)
+    assert max(propagator.memory.slot_of) == 11 and len(propagator.memory.dense_keys) <= 1
 
 
 def test_stream_equals_whole_sequence_and_soft_initial_labels():
