@@ -3,7 +3,7 @@
 A propagator is built from the first frame's labels and the protocol's parameters, then fed one
 frame's features at a time (`push`); it keeps only the context memory the protocol needs and
 returns each frame's soft labels (feature resolution) and output map (label resolution).
-See ../shared/reference/propagation.md (copied in the project docs) for the definitions:
+The definitions follow the original code of each protocol:
 
 - `CRWPropagator` — protocol "crw" (HVC `infer_vos.py` + `labelprop/`, videowalk);
 - `STTPropagator` — protocol "stt" (Spa-then-Temp `VanillaTracker.forward_test`).
