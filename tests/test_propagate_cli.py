@@ -198,29 +198,35 @@ def project_config_with_lists(tmp_path: Path, **lists: str) -> Path:
     return config
 
 
-def test_jhmdb_writes_coordinate_arrays(tmp_path, monkeypatch):
-    pytest.importorskip("vcorr.tasks", reason="the JHMDB keypoint adapter (issue 3) is not in this tree yet")
+def test_jhmdb_still_clip_keeps_its_joints_and_scores(tmp_path, monkeypatch):
     root = tmp_path / "jhmdb"
     clip = "walk/tiny_clip"
     frames_dir = root / "Rename_Images" / clip
     frames_dir.mkdir(parents=True)
     count = 4
     for index in range(count):
-        Image.fromarray(np.roll(texture(5, 48, 64), index, axis=1)).save(frames_dir / f"{index + 1:05d}.png")
+        Image.fromarray(texture(5, 48, 64)).save(frames_dir / f"{index + 1:05d}.png")
     joints = np.zeros((2, 15, count))
     joints[0] = np.linspace(10, 50, 15)[:, None]  # x, 1-based as JHMDB ships them
     joints[1] = np.linspace(8, 40, 15)[:, None]
     (root / "joint_positions" / clip).mkdir(parents=True)
     scipy.io.savemat(root / "joint_positions" / clip / "joint_positions.mat", {"pos_img": joints})
-    config = project_config_with_lists(
-        tmp_path, **{"jhmdb_val_list.txt": f"JHMDB/joint_positions/{clip}/joint_positions.mat JHMDB/Rename_Images/{clip}/\n"}
-    )
+    split_line = f"JHMDB/joint_positions/{clip}/joint_positions.mat JHMDB/Rename_Images/{clip}/\n"
+    config = project_config_with_lists(tmp_path, **{"jhmdb_val_list.txt": split_line})
     monkeypatch.setenv("VCORR_CONFIG_DIR", str(config))
     out = tmp_path / "pred"
     assert propagate("--benchmark", "jhmdb", "--data-root", str(root), "--out", str(out), "--set", "size=[64, 80]") == 0
     coords = np.load(out / "walk" / "tiny_clip.npy")
-    assert coords.shape == (2, 15, count) and np.isfinite(coords).all()
-    assert coords[0].min() >= 0 and coords[0].max() <= 63 and coords[1].max() <= 47  # original frame coordinates
+    assert coords.shape == (2, 15, count)
+    # A still clip: every frame's read-out stays near the first frame's joints (original pixels).
+    assert np.abs(coords - (joints - 1)).max() < 6
+
+    split = tmp_path / "split.txt"
+    split.write_text(split_line)
+    scores = tmp_path / "jhmdb.json"
+    assert main(["score", "jhmdb", "--jhmdb-root", str(root), "--split", str(split),
+                 "--predictions", str(out), "--out", str(scores)]) == 0
+    assert json.loads(scores.read_text())["global"]["PCK@0.5"] == 100.0
 
 
 def test_vip_writes_part_maps_at_annotation_size(tmp_path):

@@ -251,33 +251,30 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def initial_labels(plan: SequencePlan, late_objects: bool) -> tuple["np.ndarray", dict[int, "np.ndarray"]]:
+def initial_labels(plan: SequencePlan, task: str, benchmark: str) -> tuple["np.ndarray", dict[int, "np.ndarray"]]:
     """First frame's id map, and (YouTube-VOS) `{t: ids of the objects first annotated at t}`.
 
     Labels stay at the annotation resolution: the protocols downsample them to the feature grid
     themselves and return their outputs at this resolution, which is what the scorers compare.
     """
-    import numpy as np
-
     from vcorr.errors import VcorrError
     from vcorr.io import read_index_png
+    from vcorr.tasks import late_objects, vip_labels
 
     first = plan.annotations.get(plan.frames[0])
     if first is None:
         raise VcorrError(f"sequence {plan.name}: its first frame {plan.frames[0]} has no annotation")
     label0 = read_index_png(first)
-    late: dict[int, np.ndarray] = {}
-    if late_objects:
-        seen = set(np.unique(label0)) - {0}
-        for index, frame in enumerate(plan.frames[1:], start=1):
-            if frame not in plan.annotations:
-                continue
-            ids = read_index_png(plan.annotations[frame])
-            new = sorted(set(np.unique(ids)) - {0} - seen)
-            if new:
-                late[index] = np.where(np.isin(ids, new), ids, 0).astype(np.uint8)
-                seen.update(new)
-    return label0, late
+    if task == "vip":
+        return vip_labels(label0), {}
+    if not benchmark.startswith("ytvos"):
+        return label0, {}
+    later = (
+        (index, read_index_png(plan.annotations[frame]))
+        for index, frame in enumerate(plan.frames[1:], start=1)
+        if frame in plan.annotations
+    )
+    return label0, late_objects(label0, later)
 
 
 def feature_stream(plan: SequencePlan, extractor, settings, progress) -> Iterator:
@@ -290,29 +287,38 @@ def feature_stream(plan: SequencePlan, extractor, settings, progress) -> Iterato
 
 
 def propagate_sequence(plan: SequencePlan, task: str, benchmark: str, extractor, settings, out: Path, progress) -> None:
-    from vcorr.io import atomic_dir, write_index_png
+    from vcorr.io import atomic_dir
     from vcorr.propagation import propagate_stream
+    from vcorr.tasks import IndexPngWriter
 
     if task == "jhmdb":
         propagate_keypoints(plan, extractor, settings, out, progress)
         return
 
-    label0, late = initial_labels(plan, late_objects=benchmark.startswith("ytvos"))
+    label0, late = initial_labels(plan, task, benchmark)
     written = set(plan.written)
     with atomic_dir(output_path(out, task, plan.name)) as folder:
+        writer = IndexPngWriter(folder)
         stream = propagate_stream(
             feature_stream(plan, extractor, settings, progress), label0, settings.protocol, late=late or None,
             **settings.params,
         )
         for frame, result in zip(plan.frames, stream):
             if frame in written:
-                write_index_png(folder / f"{frame}.png", result.ids.cpu().numpy())
-
+                writer.write(frame, result.ids)
 
 
 def propagate_keypoints(plan: SequencePlan, extractor, settings, out: Path, progress) -> None:
-    """JHMDB: frame-0 joint heat maps propagated, read out as `[2, 15, T]` coordinates."""
-    from vcorr.errors import VcorrError
+    """JHMDB: frame-0 joint heat maps (original resolution) propagated, read out as `[2, 15, T]`
+    coordinates at the original resolution, which `vcorr score jhmdb` compares with the joints."""
+    from vcorr.propagation import propagate_stream
+    from vcorr.tasks import KeypointWriter, jhmdb_first_heatmaps, keypoint_coords
 
-    # The keypoint adapter (frame-0 Gaussians, heat-map read-out) belongs to vcorr.tasks.
-    raise VcorrError(f"{plan.name}: JHMDB keypoint propagation needs vcorr.tasks, which this tree does not have yet")
+    heatmaps = jhmdb_first_heatmaps(plan.annotations[plan.frames[0]], plan.label_size)
+    writer = KeypointWriter()
+    stream = propagate_stream(
+        feature_stream(plan, extractor, settings, progress), heatmaps, settings.protocol, **settings.params
+    )
+    for result in stream:
+        writer.add(keypoint_coords(result.soft, settings.protocol, plan.label_size))
+    writer.save(output_path(out, "jhmdb", plan.name))
