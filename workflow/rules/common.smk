@@ -177,10 +177,11 @@ def propagation_settings(wildcards):
     """Everything of the method that shapes this benchmark's predictions.
 
     A params: value, so that editing one benchmark's settings (in methods.yaml or config
-    propagation.set) reruns that benchmark's propagation and scoring and nothing else.
+    propagation.set) reruns that benchmark's propagation and scoring and nothing else. Canonical
+    JSON (sorted keys): reordering or reformatting the YAML is no change.
     """
     method = METHODS[wildcards.method]
-    return {
+    settings = {
         "encoders": method["encoders"],
         "fusion": method.get("fusion"),
         "input": method["input"],
@@ -188,6 +189,7 @@ def propagation_settings(wildcards):
         "benchmark": method["benchmarks"][wildcards.benchmark],
         "overrides": config["propagation"]["set"].get(wildcards.benchmark, {}),
     }
+    return json.dumps(settings, sort_keys=True)
 
 
 # --- scoring and reports ---------------------------------------------------------------------
