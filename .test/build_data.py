@@ -162,7 +162,9 @@ def write_crw_checkpoint(path: Path, seed: int) -> None:
     torch.save({"model": state, "epoch": 0}, path)
 
 
-def build(dest: Path, weights_seed: int = 0) -> None:
+def build(dest: Path, weights_seed: int = 7) -> None:
+    """Every archive and the checkpoint; the default seed differs from tiny_random's (0), so
+    the two tiny methods have different weights and different scores."""
     rng = np.random.default_rng(0)
     build_davis(dest, rng)
     build_jhmdb(dest, rng)
@@ -174,7 +176,7 @@ def build(dest: Path, weights_seed: int = 0) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("dest", type=Path, help="folder receiving <id>/<file name>")
-    parser.add_argument("--weights-seed", type=int, default=0)
+    parser.add_argument("--weights-seed", type=int, default=7)
     args = parser.parse_args()
     build(args.dest, args.weights_seed)
     print(f"tiny data written under {args.dest}")
