@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import datetime
-import hashlib
 import importlib.metadata
 import json
 import platform
@@ -22,7 +21,7 @@ from typing import Any
 
 from vcorr import __version__
 from vcorr.errors import VcorrError
-from vcorr.io import atomic_file, write_json
+from vcorr.io import atomic_file, sha256_file, write_json
 
 # Headline numbers per scorer, in the order the summary shows them.
 HEADLINES: dict[str, tuple[str, ...]] = {
@@ -33,14 +32,6 @@ HEADLINES: dict[str, tuple[str, ...]] = {
 SUMMARY_FIXED = ("benchmark", "method", "status")
 SUMMARY_TAIL = ("archive", "upload_to", "result")
 _CHECKOUT = Path(__file__).resolve().parents[1]
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def git_state(checkout: Path = _CHECKOUT) -> dict[str, Any]:

@@ -9,7 +9,6 @@ has one, otherwise the measured hash, which later runs then check the file again
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import os
 import sys
@@ -24,6 +23,7 @@ from tqdm import tqdm
 
 from vcorr.data.registry import DataFile, Dataset, dataset
 from vcorr.errors import VcorrError
+from vcorr.io import sha256_file
 
 CHUNK_BYTES = 1 << 20
 MIRROR_ENV = "VCORR_MIRROR"
@@ -59,14 +59,6 @@ def sidecar(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _write_sidecar(path: Path, digest: str) -> None:
     sidecar(path).write_text(f"{digest}  {path.name}\n")
 
@@ -76,7 +68,7 @@ def verify(path: Path, expected: str | None) -> str:
 
     With neither, the measured hash is recorded. Returns the hash; raises VcorrError on mismatch.
     """
-    digest = sha256_of(path)
+    digest = sha256_file(path)
     recorded = sidecar(path)
     if expected:
         source = "the registry's sha256 (config/datasets.yaml)"
@@ -160,7 +152,7 @@ def download(url: str, target: Path, sha256: str | None, policy: RetryPolicy) ->
             print(f"{target.name}: {error}; retrying in {delay:.1f} s (attempt {attempt + 1}/{policy.attempts})",
                   file=sys.stderr)
             time.sleep(delay)
-    digest = sha256_of(part)
+    digest = sha256_file(part)
     if sha256 and digest != sha256.lower():
         part.unlink()
         raise VcorrError(
