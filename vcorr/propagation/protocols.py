@@ -11,7 +11,8 @@ The definitions follow the original code of each protocol:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -33,10 +34,17 @@ def default_tile(capacity: int) -> tuple[int, int]:
 AFFINITY_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-@dataclass
 class PropagatedFrame:
-    soft: torch.Tensor  # [M, h, w] soft labels at feature resolution
-    ids: torch.Tensor  # [H, W] uint8 output map
+    """One frame's soft labels `[M, h, w]` at feature resolution; its `[H, W]` uint8 output map
+    is read out on first access only, since keypoint tasks and unwritten frames never need it."""
+
+    def __init__(self, soft: torch.Tensor, read_ids: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        self.soft = soft
+        self._read_ids = read_ids
+
+    @functools.cached_property
+    def ids(self) -> torch.Tensor:
+        return self._read_ids(self.soft)
 
 
 def as_label_tensor(labels, device: torch.device) -> torch.Tensor:
@@ -203,7 +211,7 @@ class CRWPropagator(_Propagator):
         dense = self.memory.add_dense(features, soft)
         self.chains.append((0, dense, self._valid(soft)))
         self.memory.store(0, features, soft)
-        return PropagatedFrame(soft, self._readout(soft))
+        return PropagatedFrame(soft, self._readout)
 
     @staticmethod
     def _valid(labels: torch.Tensor) -> torch.Tensor:
@@ -229,7 +237,7 @@ class CRWPropagator(_Propagator):
             merged = self._add_objects(features, merged, new_objects)
         memory.keep_only(set(range(t + 1 - self.cxt_size, t + 1)))
         memory.store(t, features, merged)
-        return PropagatedFrame(merged, self._readout(merged))
+        return PropagatedFrame(merged, self._readout)
 
     def _add_objects(self, features, merged, new_objects) -> torch.Tensor:
         """HVC: ground truth of objects first annotated now overrides the prediction where it is
@@ -294,7 +302,7 @@ class STTPropagator(_Propagator):
         if self.first_dense:
             self.memory.add_dense(features, soft)
         self.memory.store(0, features, soft)
-        return PropagatedFrame(soft, first_ids)
+        return PropagatedFrame(soft, lambda _: first_ids)
 
     def _readout(self, soft: torch.Tensor) -> torch.Tensor:
         return read_out(soft, self.out_size, align_corners=False, min_max=self.index_labels)
@@ -314,4 +322,4 @@ class STTPropagator(_Propagator):
         soft = _predict(memory, top, self.temp, tuple(features.shape[-2:]))
         memory.keep_only({0} | set(range(t + 1 - self.precede, t + 1)))
         memory.store(t, features, soft)
-        return PropagatedFrame(soft, self._readout(soft))
+        return PropagatedFrame(soft, self._readout)
