@@ -2,7 +2,9 @@
 
 Outputs are always written under a temporary name next to their destination and renamed into
 place once complete, so an interrupted or failed step never leaves a half-written file or folder
-that a later run (or Snakemake) could mistake for a result.
+that a later run (or Snakemake) could mistake for a result. What is renamed into place gets the
+mode a plain open()/mkdir() would give it (`apply_umask`), so results in a shared cache are as
+readable as the user's umask allows, not private to whoever made them.
 """
 
 from __future__ import annotations
@@ -40,6 +42,34 @@ def _voc_palette() -> list[int]:
 DAVIS_PALETTE: list[int] = _voc_palette()
 
 
+def process_umask() -> int:
+    """The process umask, read without changing it where Linux shows it in /proc/self/status.
+
+    os.umask can only read it by setting it; setting and restoring it races file creation in other
+    threads, so the fallback sets the most private mask meanwhile (never a permissive one).
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
+def apply_umask(path: str | os.PathLike) -> None:
+    """Give `path` the mode open() or mkdir() would: 0o666 (file) or 0o777 (folder) less the umask.
+
+    mkstemp and mkdtemp create 0600 and 0700 whatever the umask; everything they make is renamed
+    into place through this, so lab-mates sharing a dataset cache or a results folder can read it.
+    """
+    default = 0o777 if Path(path).is_dir() else 0o666
+    os.chmod(path, default & ~process_umask())
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it to `path` only if the block succeeds."""
@@ -50,6 +80,7 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     temporary = Path(temporary)
     try:
         yield temporary
+        apply_umask(temporary)  # after the block: a writer may have replaced or copied onto it
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
@@ -63,6 +94,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     temporary = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield temporary
+        apply_umask(temporary)
         if path.exists():
             shutil.rmtree(path)
         os.replace(temporary, path)

@@ -55,6 +55,12 @@ def _tar_members(archive: tarfile.TarFile, path: Path) -> list[tarfile.TarInfo]:
     return members
 
 
+def _umask_filter(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo:
+    """tarfile's "data" filter, with the archive's modes dropped: files and folders get the umask's
+    (as zip extraction does), not a mode the publisher's machine happened to have."""
+    return tarfile.data_filter(member, dest).replace(mode=None, deep=False)
+
+
 def unpack(archive: Path, dest: Path) -> None:
     """Unpack a zip or tar (any compression) into `dest`, refusing unsafe entries up front."""
     if zipfile.is_zipfile(archive):
@@ -66,7 +72,7 @@ def unpack(archive: Path, dest: Path) -> None:
         with tarfile.open(archive) as opened:
             members = _tar_members(opened, archive)
             opened.extractall(dest, members=tqdm(members, desc=f"unpack {archive.name}", unit="file",
-                                                 file=sys.stderr), filter="data")
+                                                 file=sys.stderr), filter=_umask_filter)
     else:
         raise VcorrError(f"{archive}: not a zip or tar archive")
 
@@ -167,7 +173,8 @@ def extract(dataset_id: str, downloads: Path, data_dir: Path, force: bool = Fals
             raise VcorrError(entry.where_to_get(downloads))
         raise VcorrError(f"missing {', '.join(map(str, absent))}: run `vcorr data fetch {dataset_id}` first "
                          "(or place the files there by hand)")
-    hashes = {item.name: verify(folder / item.name, item.sha256) for item in items}
+    hashes = {item.name: verify(folder / item.name, item.sha256, archive=item.type == "archive")
+              for item in items}
     target = data_dir / entry.id
     if not force and is_extracted(target, hashes):
         print(f"{target} is up to date", file=sys.stderr)

@@ -1,20 +1,32 @@
-"""Download the files of a registry entry into resources/downloads/<id>/, resumably and verified.
+"""Download the files of a registry entry into resources/downloads/<id>/, resumably, and check them.
 
-A download streams into `<file>.part`; an interrupted transfer is resumed from the part's size
-with an HTTP Range request on the next attempt (or the next run), attempts are retried with
-exponential back-off, and the file is renamed to its final name only once complete and verified.
-Every final file gets a `<file>.sha256` sidecar (sha256sum format): the registry's hash when it
-has one, otherwise the measured hash, which later runs then check the file against.
+A download streams into `<file>.part`; a timed-out or dropped transfer is retried with exponential
+back-off, resuming from the part's size with an HTTP Range request (on the next attempt or the
+next run). A server that cannot be reached at all (unknown host, connection refused, no route) or
+that refuses the file (4xx) fails at once, saying where to place the file by hand and how to use a
+mirror. The file is renamed to its final name only once complete and checked.
+
+What is checked: every archive's structure (`archive_problem`), when downloaded and when first
+found placed by hand; the sha256 against the registry's where the publisher gives one. Every final
+file gets a `<file>.sha256` sidecar (sha256sum format) holding its measured hash, which later runs
+check the file against.
 """
 
 from __future__ import annotations
 
+import errno
 import http.client
+import lzma
 import os
+import socket
+import ssl
 import sys
+import tarfile
 import time
 import urllib.error
 import urllib.request
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -23,7 +35,7 @@ from tqdm import tqdm
 
 from vcorr.data.registry import DataFile, Dataset, dataset
 from vcorr.errors import VcorrError
-from vcorr.io import sha256_file
+from vcorr.io import apply_umask, atomic_file, sha256_file
 
 CHUNK_BYTES = 1 << 20
 MIRROR_ENV = "VCORR_MIRROR"
@@ -44,6 +56,14 @@ class _Retryable(Exception):
     """A transient failure (dropped connection, timeout, 5xx): try again, resuming."""
 
 
+class _Unavailable(Exception):
+    """The server cannot be reached (no such host, refused, no route) or refuses the file: retrying
+    cannot help, so the user is told at once how to get the file another way."""
+
+
+_UNREACHABLE_ERRNOS = {errno.ECONNREFUSED, errno.ENETUNREACH, errno.EHOSTUNREACH}
+
+
 def with_mirror(url: str, mirror: str | None) -> str:
     """`url` with its scheme and host replaced by the mirror's (whose path, if any, is a prefix)."""
     if not mirror:
@@ -60,26 +80,92 @@ def sidecar(path: Path) -> Path:
 
 
 def _write_sidecar(path: Path, digest: str) -> None:
-    sidecar(path).write_text(f"{digest}  {path.name}\n")
+    with atomic_file(sidecar(path)) as temporary:
+        temporary.write_text(f"{digest}  {path.name}\n")
 
 
-def verify(path: Path, expected: str | None) -> str:
+def _recorded_hash(path: Path) -> str | None:
+    recorded = sidecar(path)
+    words = recorded.read_text().split() if recorded.is_file() else []
+    return words[0].lower() if words else None
+
+
+def _zip_problem(path: Path, label: str) -> str | None:
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as error:
+        return f"not a complete zip archive: no readable central directory ({error}); truncated?"
+    with archive:
+        for info in tqdm(archive.infolist(), desc=f"check {label}", unit="file", file=sys.stderr):
+            try:  # reading a member to its end checks its CRC-32, as ZipFile.testzip does
+                with archive.open(info) as member:
+                    while member.read(CHUNK_BYTES):
+                        pass
+            except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError, RuntimeError) as error:
+                return f"member '{info.filename}' is corrupt or unreadable ({error})"
+    return None
+
+
+def _tar_problem(path: Path, label: str) -> str | None:
+    try:
+        with tarfile.open(path) as archive:
+            # Each header carries a checksum; tarfile seeks past every member's data and fails when
+            # the file ends inside one, but stops quietly at a cut between members or a bad header.
+            for _ in tqdm(archive, desc=f"check {label}", unit="file", file=sys.stderr):
+                pass
+            stream = archive.fileobj
+            stream.seek(archive.offset)
+            if stream.read(tarfile.BLOCKSIZE) != tarfile.NUL * tarfile.BLOCKSIZE:
+                return (f"ends after {len(archive.members)} members without the end-of-archive block: "
+                        f"truncated, or the header of member {len(archive.members) + 1} is damaged")
+            while stream.read(CHUNK_BYTES):  # a compressed stream checks its own CRC at its end
+                pass
+    except (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError) as error:
+        return f"not a complete tar archive ({error})"
+    return None
+
+
+def archive_problem(path: Path, name: str | None = None) -> str | None:
+    """What is structurally wrong with the zip or tar at `path` (named `name`), or None.
+
+    zip: the central directory, then every member read through its CRC-32. tar (any compression):
+    every member header and its checksum, that no member's data runs past the end of the file, and
+    the end-of-archive block that a truncated copy lacks; a compressed tar is read to its end so that
+    its own check (gzip CRC-32, ...) runs. The data of an uncompressed tar's members has no checksum:
+    only a sha256 covers it.
+    """
+    name = name or path.name
+    if name.endswith(".zip") or zipfile.is_zipfile(path):
+        return _zip_problem(path, name)
+    return _tar_problem(path, name)
+
+
+def verify(path: Path, expected: str | None, archive: bool = False) -> str:
     """Hash `path` and check it against the registry's hash, else against its recorded sidecar.
 
-    With neither, the measured hash is recorded. Returns the hash; raises VcorrError on mismatch.
+    An archive whose hash is not recorded yet (placed by hand) is structure-checked first
+    (`archive_problem`); one matching its recorded hash is the very file that passed that check.
+    Then the measured hash is recorded. Returns the hash; raises VcorrError naming the file.
     """
     digest = sha256_file(path)
-    recorded = sidecar(path)
+    recorded = _recorded_hash(path)
     if expected:
         source = "the registry's sha256 (config/datasets.yaml)"
-    elif recorded.is_file():
-        expected, source = recorded.read_text().split()[0], f"the hash recorded in {recorded}"
+    elif recorded:
+        expected, source = recorded, f"the hash recorded in {sidecar(path)}"
     if expected and digest != expected.lower():
         raise VcorrError(
             f"{path}: sha256 {digest} does not match {source} {expected}: the file is corrupt or "
-            f"another version; delete it (and {recorded.name}) and fetch it again"
+            f"another version; delete it (and {sidecar(path).name}) and fetch it again"
         )
-    _write_sidecar(path, digest)
+    if digest != recorded:
+        problem = archive_problem(path) if archive else None
+        if problem:
+            raise VcorrError(
+                f"{path}: refused, {problem}: the archive is corrupt or incomplete (a cut download or "
+                "copy?); replace it with a complete copy, or delete it and run `vcorr data fetch` again"
+            )
+        _write_sidecar(path, digest)
     return digest
 
 
@@ -99,9 +185,14 @@ def _open(url: str, offset: int, timeout_s: float) -> http.client.HTTPResponse |
             raise _Retryable(f"range request refused ({content_range or 'no Content-Range'})") from None
         if error.code in (408, 429) or error.code >= 500:
             raise _Retryable(f"HTTP {error.code} {error.reason}") from None
-        raise VcorrError(f"{url}: HTTP {error.code} {error.reason}") from None
+        raise _Unavailable(f"HTTP {error.code} {error.reason}") from None
     except (urllib.error.URLError, OSError) as error:
-        raise _Retryable(str(getattr(error, "reason", error))) from None
+        reason = getattr(error, "reason", error)
+        if isinstance(reason, (socket.gaierror, ssl.SSLCertVerificationError)) or (
+            isinstance(reason, OSError) and reason.errno in _UNREACHABLE_ERRNOS
+        ):
+            raise _Unavailable(f"cannot reach the server ({reason})") from None
+        raise _Retryable(str(reason)) from None
 
 
 def _download_once(url: str, part: Path, timeout_s: float, label: str) -> None:
@@ -134,20 +225,36 @@ def _download_once(url: str, part: Path, timeout_s: float, label: str) -> None:
         raise _Retryable(f"connection closed after {size} of {total} bytes")
 
 
-def download(url: str, target: Path, sha256: str | None, policy: RetryPolicy) -> str:
-    """Download `url` to `target` (resuming `<target>.part`), verify it, rename it; its hash."""
+def _cannot_download(url: str, target: Path, what: str) -> VcorrError:
+    """The error for a download given up: what happened, the part kept (if any), the ways around."""
+    part = target.with_name(target.name + ".part")
+    kept = (f" {part} ({part.stat().st_size} bytes) is kept and the next `vcorr data fetch` resumes it."
+            if part.is_file() else "")
+    return VcorrError(
+        f"{url}: {what}.{kept} Without access to this server, download the file elsewhere and place it "
+        f"at {target} (the next `vcorr data fetch` checks it and uses it), or fetch from a mirror serving "
+        f"the same paths: `vcorr data fetch --mirror scheme://host[:port][/prefix]` or {MIRROR_ENV}=..."
+    )
+
+
+def download(url: str, target: Path, sha256: str | None, policy: RetryPolicy, archive: bool = False) -> str:
+    """Download `url` to `target` (resuming `<target>.part`), check it, rename it; its hash.
+
+    Transient failures are retried `policy.attempts` times; an unreachable server or a refused file
+    fails at once. The sha256 (when given) and, for an archive, its structure are checked before
+    the rename; a file failing them is deleted.
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
     part = target.with_name(target.name + ".part")
     for attempt in range(1, policy.attempts + 1):
         try:
             _download_once(url, part, policy.timeout_s, target.name)
             break
+        except _Unavailable as error:
+            raise _cannot_download(url, target, str(error)) from None
         except _Retryable as error:
             if attempt == policy.attempts:
-                raise VcorrError(
-                    f"{url}: download failed after {attempt} attempts ({error}); "
-                    f"{part} is kept and the next `vcorr data fetch` resumes it"
-                ) from None
+                raise _cannot_download(url, target, f"download failed after {attempt} attempts ({error})") from None
             delay = policy.delay(attempt)
             print(f"{target.name}: {error}; retrying in {delay:.1f} s (attempt {attempt + 1}/{policy.attempts})",
                   file=sys.stderr)
@@ -155,10 +262,14 @@ def download(url: str, target: Path, sha256: str | None, policy: RetryPolicy) ->
     digest = sha256_file(part)
     if sha256 and digest != sha256.lower():
         part.unlink()
-        raise VcorrError(
-            f"{url}: downloaded file has sha256 {digest}, expected {sha256} (config/datasets.yaml): "
-            "refused and deleted; the server or mirror serves a corrupt or different file"
-        )
+        raise _cannot_download(url, target, f"the downloaded file has sha256 {digest}, expected {sha256} "
+                                            "(config/datasets.yaml): refused and deleted, the server or mirror "
+                                            "serves a corrupt or different file")
+    problem = archive_problem(part, target.name) if archive else None
+    if problem:
+        part.unlink()
+        raise _cannot_download(url, target, f"the downloaded archive is refused and deleted: {problem}")
+    apply_umask(part)
     os.replace(part, target)
     _write_sidecar(target, digest)
     return digest
@@ -170,9 +281,9 @@ def files_to_use(entry: Dataset, folder: Path) -> list[DataFile]:
 
 
 def fetch(dataset_id: str, downloads: Path, mirror: str | None = None, policy: RetryPolicy = RetryPolicy()) -> list[Path]:
-    """Make resources/downloads/<id>/ hold every required file of `dataset_id`, verified.
+    """Make resources/downloads/<id>/ hold every required file of `dataset_id`, checked.
 
-    Files already there (downloaded earlier or placed by hand) are verified and kept. Manual-only
+    Files already there (downloaded earlier or placed by hand) are checked (`verify`) and kept. Manual-only
     sets raise a VcorrError saying where to download the files and where to put them.
     """
     entry = dataset(dataset_id)
@@ -187,14 +298,14 @@ def fetch(dataset_id: str, downloads: Path, mirror: str | None = None, policy: R
             continue  # the file it stands in for is here (placed, or fetched above: files go in order)
         target = folder / item.name
         if target.is_file():
-            verify(target, item.sha256)
+            verify(target, item.sha256, archive=item.type == "archive")
         elif entry.manual or not item.url:
             if item.required:
                 absent.append(item)
             continue
         else:
             try:
-                download(with_mirror(item.url, mirror), target, item.sha256, policy)
+                download(with_mirror(item.url, mirror), target, item.sha256, policy, archive=item.type == "archive")
             except VcorrError as error:
                 if item.required:
                     raise
