@@ -96,7 +96,7 @@ def test_jhmdb_part_has_joints_for_every_frame_and_a_seeds_format_split(demo):
         joints = read_joint_positions(root / "joint_positions" / clip / "joint_positions.mat")  # 0-based
         assert joints.shape == (2, 15, DEFAULT.frames)
         height, width = DEFAULT.frame_size
-        assert (joints[0] >= 0).all() and (joints[0] < width).all() and (joints[1] >= 0).all() and (joints[1] < height).all()
+        assert (joints >= 0).all() and (joints[0] < width).all() and (joints[1] < height).all()
 
 
 def test_training_images_and_clips(demo):
@@ -154,9 +154,10 @@ def test_davis_masks_and_vip_part_maps_are_the_recorded_objects_warped(demo, man
         for t in range(DEFAULT.frames):
             ids, parts = expected_maps(record, t)
             if benchmark == "DAVIS":
-                written, expected = read_index_png(demo / f"DAVIS/Annotations/480p/{name}/{t:05d}.png"), ids
+                label, expected = f"DAVIS/Annotations/480p/{name}/{t:05d}.png", ids
             else:
-                written, expected = read_index_png(demo / f"VIP_Fine/Annotations/Category_ids/{name}/{t:012d}.png"), parts
+                label, expected = f"VIP_Fine/Annotations/Category_ids/{name}/{t:012d}.png", parts
+            written = read_index_png(demo / label)
             # Pixel centres exactly on an outline may fall either way in another float evaluation order.
             assert np.count_nonzero(written != expected) <= 3, f"{key} frame {t}"
             checked += 1
@@ -233,7 +234,8 @@ def test_scorers_give_full_marks_to_the_ground_truth(demo, tmp_path):
     root, split = demo / "JHMDB", demo / "JHMDB" / "lists" / "jhmdb_val_list.txt"
     for clip in jhmdb_split_clips(split):
         (tmp_path / "jhmdb" / clip).parent.mkdir(parents=True, exist_ok=True)
-        np.save(tmp_path / "jhmdb" / f"{clip}.npy", read_joint_positions(root / "joint_positions" / clip / "joint_positions.mat"))
+        joints = read_joint_positions(root / "joint_positions" / clip / "joint_positions.mat")
+        np.save(tmp_path / "jhmdb" / f"{clip}.npy", joints)
     assert main(["score", "jhmdb", "--jhmdb-root", str(root), "--split", str(split),
                  "--predictions", str(tmp_path / "jhmdb"), "--out", str(tmp_path / "jhmdb.json")]) == 0
     assert json.loads((tmp_path / "jhmdb.json").read_text())["global"]["PCK@0.1"] == pytest.approx(100.0)
@@ -247,7 +249,8 @@ def test_random_r18_propagates_and_scores_a_demo_sequence(small, tmp_path):
                  "--data-root", str(davis), "--out", str(out), "--sequences", sequence]) == 0
     written = sorted((out / sequence).glob("*.png"))
     assert [path.name for path in written] == [f"{t:05d}.png" for t in range(SMALL.frames)]
-    assert {int(i) for path in written for i in np.unique(read_index_png(path))} == set(range(SMALL.davis_objects[0] + 1))
+    ids = {int(i) for path in written for i in np.unique(read_index_png(path))}
+    assert ids == set(range(SMALL.davis_objects[0] + 1))
     report = tmp_path / "davis.json"
     assert main(["score", "davis", "--davis-root", str(davis), "--results", str(out), "--out", str(report),
                  "--jobs", "1"]) == 0
@@ -264,3 +267,10 @@ def test_missing_extra_is_a_clear_error_and_leaves_no_output(tmp_path, monkeypat
     with pytest.raises(VcorrError, match=r"scikit-video.*vcorr\[demo\]"):
         build_demo(tmp_path / "demo", config=SMALL)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_existing_folder_that_is_not_a_demo_build_is_never_replaced(tmp_path, capsys):
+    (tmp_path / "mine.txt").write_text("keep me")
+    assert main(["data", "demo", "--out", str(tmp_path)]) == 2
+    assert "not a demo dataset" in capsys.readouterr().err
+    assert [path.name for path in tmp_path.iterdir()] == ["mine.txt"]

@@ -59,6 +59,7 @@ PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immu
 TEXTURES = ("brick", "grass", "gravel", "camera", "coins")
 VIDEOS = ("bikes.mp4", "bigbuckbunny.mp4")
 
+MANIFEST = "demo.json"
 JHMDB_JOINTS = 15
 VIP_CLASSES = 20  # background + 19 part classes
 
@@ -119,7 +120,9 @@ def load_photo(name: str) -> np.ndarray:
     image = np.asarray(image)
     if image.ndim == 2:
         image = np.repeat(image[..., None], 3, axis=2)
-    return np.ascontiguousarray(image[..., :3].astype(np.uint8))
+    image = np.ascontiguousarray(image[..., :3].astype(np.uint8))
+    image.setflags(write=False)  # shared by every caller through the cache
+    return image
 
 
 def video_path(name: str) -> Path:
@@ -156,10 +159,11 @@ def decode_frames(path: Path, wanted: set[int]) -> dict[int, np.ndarray]:
 
 
 def video_length(path: Path) -> int:
+    """Frames in a video: the container's count, or counted by decoding when it gives none."""
     import av
 
     with av.open(str(path)) as container:
-        return container.streams.video[0].frames
+        return container.streams.video[0].frames or sum(1 for _frame in container.decode(video=0))
 
 
 def _rng(seed: int, part: str) -> np.random.Generator:
@@ -256,6 +260,12 @@ def apply_affine(affine: np.ndarray, points: np.ndarray) -> np.ndarray:
     return points @ affine[:, :2].T + affine[:, 2]
 
 
+def _span(centre: float, reach: float, length: int) -> slice:
+    """Pixels within `reach` of `centre` along one axis of `length` pixels."""
+    start = min(max(0, math.floor(centre - reach)), length)
+    return slice(start, max(start, min(length, math.ceil(centre + reach) + 1)))
+
+
 @dataclass
 class SceneObject:
     source: str
@@ -268,11 +278,9 @@ class SceneObject:
         """The frame window that can hold the object at frame t, and its pixels' object coordinates."""
         affine = self.affines[t]
         reach = math.hypot(*affine[:, 0]) * self.shape.max_radius + 1
-        (left, right), (top, bottom) = ((int(np.clip(math.floor(c - reach), 0, n)), int(np.clip(math.ceil(c + reach) + 1, 0, n)))
-                                        for c, n in ((affine[0, 2], size[1]), (affine[1, 2], size[0])))
-        y, x = np.mgrid[top:bottom, left:right].astype(np.float64)
-        u, v = to_object(affine, x, y)
-        return (slice(top, bottom), slice(left, right)), u, v
+        rows, columns = (_span(affine[axis, 2], reach, length) for axis, length in ((1, size[0]), (0, size[1])))
+        y, x = np.mgrid[rows, columns].astype(np.float64)
+        return (rows, columns), *to_object(affine, x, y)
 
     def record(self) -> dict:
         entry = {"source": self.source, "shape": asdict(self.shape), "affines": self.affines.tolist()}
@@ -506,25 +514,30 @@ def write_vip(root: Path, seed: int, config: DemoConfig) -> dict[str, dict]:
     return records
 
 
-def _real_segments(rng: np.random.Generator, config: DemoConfig) -> list[tuple[str, int]]:
+def _real_segments(rng: np.random.Generator, config: DemoConfig, lengths: dict[str, int]) -> list[tuple[str, int]]:
     """(video, first frame) of each real training clip, alternating between the bundled videos."""
     segments = []
     for index in range(config.real_clips):
         video = VIDEOS[index % len(VIDEOS)]
-        length = video_length(video_path(video))
-        segments.append((video, int(rng.integers(0, max(1, length - config.clip_frames)))))
+        if lengths[video] < config.clip_frames:
+            raise VcorrError(f"{video_path(video)}: {lengths[video]} frames, fewer than a clip's {config.clip_frames}")
+        segments.append((video, int(rng.integers(0, lengths[video] - config.clip_frames + 1))))
     return segments
 
 
-def write_clips(root: Path, seed: int, config: DemoConfig, still_frames: dict[str, list[np.ndarray]]) -> dict[str, dict]:
+Stills = dict[str, list[np.ndarray]]  # video stem -> a few full-size frames
+
+
+def write_clips(root: Path, seed: int, config: DemoConfig, still_frames: Stills) -> dict[str, dict]:
     """Real segments and composited scenes as `JPEGImages/<video>/%05d.jpg`; a few full-size
     frames of each real video go to `still_frames` for the static images."""
     rng = _rng(seed, "clips")
-    segments = _real_segments(rng, config)
+    lengths = {video: video_length(video_path(video)) for video in VIDEOS}
+    segments = _real_segments(rng, config, lengths)
     records = {}
     for video in VIDEOS:
         starts = [start for name, start in segments if name == video]
-        stills = set(range(0, video_length(video_path(video)), 40))
+        stills = set(range(0, lengths[video], 40))
         wanted = {start + t for start in starts for t in range(config.clip_frames)} | stills
         frames = decode_frames(video_path(video), wanted)
         still_frames[Path(video).stem] = [frames[index] for index in sorted(stills)]
@@ -545,7 +558,7 @@ def write_clips(root: Path, seed: int, config: DemoConfig, still_frames: dict[st
     return records
 
 
-def write_images(root: Path, seed: int, config: DemoConfig, still_frames: dict[str, list[np.ndarray]]) -> dict[str, dict]:
+def write_images(root: Path, seed: int, config: DemoConfig, still_frames: Stills) -> dict[str, dict]:
     rng = _rng(seed, "images")
     sources: dict[str, Callable[[int], np.ndarray]] = {name: lambda _i, name=name: load_photo(name) for name in PHOTOS}
     for video, frames in still_frames.items():
@@ -582,13 +595,17 @@ def _counts(records: dict[str, dict], config: DemoConfig) -> dict[str, int]:
 
 
 def build_demo(out: Path, seed: int = 0, config: DemoConfig | None = None) -> DemoSummary:
-    """Write the demo dataset to `out` (replaced as a whole, atomically); see the module doc."""
+    """Write the demo dataset to `out`, atomically; see the module doc.
+
+    An earlier demo build there is replaced as a whole; any other non-empty folder is refused."""
     config = config or DemoConfig()
     start = time.perf_counter()
     out = Path(out)
+    if out.is_file() or (out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file()):
+        raise VcorrError(f"{out}: exists and is not a demo dataset (no {MANIFEST}); refusing to replace it")
     steps = [("DAVIS", write_davis), ("JHMDB", write_jhmdb), ("VIP_Fine", write_vip)]
     records: dict[str, dict] = {}
-    still_frames: dict[str, list[np.ndarray]] = {}
+    still_frames: Stills = {}
     with atomic_dir(out) as folder:
         progress = tqdm(total=len(steps) + 2, desc="demo data", unit="part", leave=False)
         records.update(write_clips(folder / "clips", seed, config, still_frames))
@@ -601,5 +618,5 @@ def build_demo(out: Path, seed: int = 0, config: DemoConfig | None = None) -> De
         progress.close()
         counts = _counts(records, config)
         manifest = {"seed": seed, "config": asdict(config), "counts": counts, "contents": records}
-        (folder / "demo.json").write_text(json.dumps(manifest, indent=1) + "\n")
+        (folder / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
     return DemoSummary(out, seed, counts, time.perf_counter() - start)
