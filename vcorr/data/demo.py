@@ -365,10 +365,15 @@ def _trajectory(rng: np.random.Generator, size: tuple[int, int], frames: int, ma
     raise VcorrError(f"demo: cannot keep an object {margin:.0f} px inside a {width}x{height} frame")
 
 
+def _detail(image: np.ndarray) -> float:
+    grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    return float(np.abs(cv2.Sobel(grey, cv2.CV_32F, 1, 0)).mean() + np.abs(cv2.Sobel(grey, cv2.CV_32F, 0, 1)).mean())
+
+
 def _texture(rng: np.random.Generator, source: str, side: int) -> np.ndarray:
-    """The most detailed (highest contrast) of a few random crops: flat patches are hard to follow."""
-    texture = max((random_crop(rng, load_photo(source), side, side, zoom=2.5) for _ in range(4)),
-                  key=lambda crop: float(crop.std()))
+    """The most detailed of a few random crops (largest mean gradient): flat patches such as sky
+    give propagation nothing to follow."""
+    texture = max((random_crop(rng, load_photo(source), side, side, zoom=2.5) for _ in range(6)), key=_detail)
     if source in TEXTURES:  # grey: tint it so objects differ in colour too
         tint = rng.uniform(0.35, 1.0, 3)
         texture = np.clip(texture * tint, 0, 255).astype(np.uint8)
