@@ -39,8 +39,11 @@ def demo(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def small(tmp_path_factory) -> Path:
-    return build_demo(tmp_path_factory.mktemp("small") / "demo", seed=3, config=SMALL).root
+def small_frames(tmp_path_factory) -> Path:
+    """The default counts with short, small evaluation videos, through the command's size flags."""
+    out = tmp_path_factory.mktemp("small") / "demo"
+    assert main(["data", "demo", "--out", str(out), "--seed", "3", "--frames", "6", "--frame-size", "128", "160"]) == 0
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +56,8 @@ def tree_digest(root: Path) -> dict[str, str]:
             for path in sorted(root.rglob("*")) if path.is_file()}
 
 
-def test_same_seed_writes_the_same_bytes_and_another_seed_differs(small, tmp_path):
-    first = tree_digest(small)
+def test_same_seed_writes_the_same_bytes_and_another_seed_differs(tmp_path):
+    first = tree_digest(build_demo(tmp_path / "a", seed=3, config=SMALL).root)
     assert first == tree_digest(build_demo(tmp_path / "b", seed=3, config=SMALL).root)
     other = tree_digest(build_demo(tmp_path / "c", seed=4, config=SMALL).root)
     assert len(first) == len(other)  # the same layout and counts, other pictures:
@@ -241,22 +244,29 @@ def test_scorers_give_full_marks_to_the_ground_truth(demo, tmp_path):
     assert json.loads((tmp_path / "jhmdb.json").read_text())["global"]["PCK@0.1"] == pytest.approx(100.0)
 
 
-def test_random_r18_propagates_and_scores_a_demo_sequence(small, tmp_path):
-    davis = small / "DAVIS"
-    sequence = (davis / "ImageSets" / "2017" / "val.txt").read_text().split()[0]
+def test_random_r18_propagates_and_scores_a_demo_sequence(small_frames, tmp_path):
+    davis = small_frames / "DAVIS"
+    table = benchmark_frames("davis17", davis)
+    assert set(zip(table.height, table.width)) == {(128, 160)} and table.groupby("sequence").size().eq(6).all()
+    sequence = table.sequence.iloc[0]
     out = tmp_path / "pred"
     assert main(["propagate", "--method-config", "random_r18", "--device", "cpu", "--benchmark", "davis17",
                  "--data-root", str(davis), "--out", str(out), "--sequences", sequence]) == 0
     written = sorted((out / sequence).glob("*.png"))
-    assert [path.name for path in written] == [f"{t:05d}.png" for t in range(SMALL.frames)]
+    assert [path.name for path in written] == [f"{t:05d}.png" for t in range(6)]
     ids = {int(i) for path in written for i in np.unique(read_index_png(path))}
-    assert ids == set(range(SMALL.davis_objects[0] + 1))
+    assert ids == set(range(DEFAULT.davis_objects[0] + 1))
+    scored = tmp_path / "DAVIS"  # the scorer takes every listed sequence: list only this one
+    (scored / "ImageSets" / "2017").mkdir(parents=True)
+    (scored / "ImageSets" / "2017" / "val.txt").write_text(sequence + "\n")
+    (scored / "Annotations").mkdir()
+    (scored / "Annotations" / "480p").symlink_to(davis / "Annotations" / "480p")
     report = tmp_path / "davis.json"
-    assert main(["score", "davis", "--davis-root", str(davis), "--results", str(out), "--out", str(report),
+    assert main(["score", "davis", "--davis-root", str(scored), "--results", str(out), "--out", str(report),
                  "--jobs", "1"]) == 0
-    # Even random features follow the objects over a few frames (0.77 for this seed; a mask
-    # misaligned with its frames, or objects lost, scores far lower).
-    assert json.loads(report.read_text())["global"]["J-Mean"] > 0.6
+    # Even random features roughly follow the object over six frames (J 0.67 here); a mask
+    # misaligned with its frames, or an object lost, scores far lower.
+    assert json.loads(report.read_text())["global"]["J-Mean"] > 0.5
 
 
 def test_missing_extra_is_a_clear_error_and_leaves_no_output(tmp_path, monkeypatch):

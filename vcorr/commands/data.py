@@ -53,6 +53,9 @@ def add_parser(subparsers) -> None:
     demo.add_argument("--out", type=Path, default=Path("resources/data/demo"),
                       help="folder to (re)write as a whole (default resources/data/demo)")
     demo.add_argument("--seed", type=int, default=0, help="the same seed writes the same bytes (default 0)")
+    demo.add_argument("--frames", type=int, help="frames per evaluation video (default 12)")
+    demo.add_argument("--frame-size", type=int, nargs=2, metavar=("H", "W"),
+                      help="evaluation frame size (default 240 320)")
     demo.set_defaults(func=run_demo)
 
 
@@ -92,7 +95,9 @@ def run_list(args) -> int:
 
 
 def run_demo(args) -> int:
-    from vcorr.data.demo import build_demo
+    from vcorr.data.demo import DemoConfig, build_demo
 
-    print(build_demo(args.out, seed=args.seed).line())
+    sizes = {"frames": args.frames, "frame_size": tuple(args.frame_size) if args.frame_size else None}
+    config = DemoConfig(**{key: value for key, value in sizes.items() if value is not None})
+    print(build_demo(args.out, seed=args.seed, config=config).line())
     return 0
