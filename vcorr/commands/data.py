@@ -1,8 +1,9 @@
-"""`vcorr data fetch|extract|index|list`: datasets and released weights, one documented layout.
+"""`vcorr data fetch|extract|index|list|demo`: datasets and released weights, one documented layout.
 
   resources/downloads/<id>/<file>   fetch (or place by hand); each with a <file>.sha256 sidecar
   resources/data/<id>/              extract; the registry's `root` is the official dataset root
   resources/index/<id>.csv          index; counts checked against config/datasets.yaml
+  resources/data/demo/              demo: built here from material vcorr[demo] installs
 """
 
 from __future__ import annotations
@@ -46,6 +47,17 @@ def add_parser(subparsers) -> None:
     listing = actions.add_parser("list", help="the registry's ids")
     listing.set_defaults(func=run_list)
 
+    demo = actions.add_parser("demo", help="build the demo dataset from photos and clips that install with vcorr[demo]",
+                              description="Training images and clips, and DAVIS / JHMDB / VIP_Fine evaluation "
+                                          "videos with exact ground truth (see vcorr.data.demo).")
+    demo.add_argument("--out", type=Path, default=Path("resources/data/demo"),
+                      help="folder to (re)write as a whole (default resources/data/demo)")
+    demo.add_argument("--seed", type=int, default=0, help="the same seed writes the same bytes (default 0)")
+    demo.add_argument("--frames", type=int, help="frames per evaluation video (default 12)")
+    demo.add_argument("--frame-size", type=int, nargs=2, metavar=("H", "W"),
+                      help="evaluation frame size (default 240 320)")
+    demo.set_defaults(func=run_demo)
+
 
 def run_fetch(args) -> int:
     from vcorr.data.fetch import RetryPolicy, fetch
@@ -79,4 +91,13 @@ def run_list(args) -> int:
         entry = dataset(dataset_id)
         how = "manual" if entry.manual else f"derived from {entry.derived_from}" if entry.derived_from else "auto"
         print(f"{dataset_id:22s} {entry.kind:8s} {how:20s} {entry.title}")
+    return 0
+
+
+def run_demo(args) -> int:
+    from vcorr.data.demo import DemoConfig, build_demo
+
+    sizes = {"frames": args.frames, "frame_size": tuple(args.frame_size) if args.frame_size else None}
+    config = DemoConfig(**{key: value for key, value in sizes.items() if value is not None})
+    print(build_demo(args.out, seed=args.seed, config=config).line())
     return 0
