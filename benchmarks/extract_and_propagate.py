@@ -64,7 +64,7 @@ def measure(root: Path, overrides: list[str], threads: int) -> dict:
 
     from vcorr.commands.propagate import plan_sequences, propagate_sequence, read_frame
     from vcorr.features import FeatureExtractor
-    from vcorr.methods import load_method
+    from vcorr.evaluation.methods import load_method
 
     torch.set_num_threads(threads)
     method = load_method("random_r18")

@@ -28,7 +28,7 @@ from vcorr.cli import main
 from vcorr.data.extract import MARKER, decode_video
 from vcorr.data.index import read_index
 from vcorr.data.layouts import jhmdb_split_clips, project_list
-from vcorr.registry import load_registry
+from vcorr.config import load_registry
 
 REPO_CONFIG = Path(__file__).resolve().parents[1] / "config"
 FAST = ["--retries", "4", "--backoff", "0.01", "--timeout", "10"]

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from vcorr.errors import VcorrError
 from vcorr.features import FeatureExtractor, fuse_hvc, normalise_frames, resolve_device
 from vcorr.models import build_encoder
-from vcorr.models.checkpoints import save_weights
+from vcorr.models.weights import save_weights
 
 
 @pytest.fixture(scope="module")

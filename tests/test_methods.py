@@ -11,8 +11,8 @@ import yaml
 
 from vcorr.data.layouts import BENCHMARKS
 from vcorr.errors import VcorrError
-from vcorr.methods import load_method, method_names, parse_overrides
-from vcorr.registry import load_registry
+from vcorr.evaluation.methods import load_method, method_names, parse_overrides
+from vcorr.config import load_registry
 
 RANDOM_METHOD = {
     "description": "test",

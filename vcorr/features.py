@@ -120,7 +120,7 @@ class FeatureExtractor:
         fusion_weight: float = HVC_FUSION_WEIGHT,
     ) -> None:
         from vcorr.models import build_encoder
-        from vcorr.models.checkpoints import load_weights
+        from vcorr.models.weights import load_weights
 
         if input not in INPUTS:
             raise VcorrError(f"unknown input normalisation {input!r}; expected one of {', '.join(INPUTS)}")

@@ -73,7 +73,7 @@ def run_index(args) -> int:
 
 
 def run_list(args) -> int:
-    from vcorr.data.registry import dataset, dataset_ids
+    from vcorr.data.datasets import dataset, dataset_ids
 
     for dataset_id in dataset_ids():
         entry = dataset(dataset_id)

@@ -29,7 +29,7 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from vcorr.export import export_submission
-    from vcorr.registry import registry_entry
+    from vcorr.config import registry_entry
 
     summary = export_submission(args.benchmark, args.predictions, args.out)
     url = registry_entry("benchmarks", args.benchmark).get("server", {}).get("url", "the benchmark's server")

@@ -2,7 +2,7 @@
 
 For each sequence, frames are streamed: read (PIL) -> resized to the method's input size for
 that benchmark -> features (vcorr.features.FeatureExtractor) -> the streaming propagator of the
-method's protocol (vcorr.propagation) -> written as they come (vcorr.tasks writers). No sequence's
+method's protocol (vcorr.propagation) -> written as they come (vcorr.propagation.adapters writers). No sequence's
 features are ever held in memory at once.
 
 Outputs under `--out`:
@@ -209,8 +209,8 @@ def run(args: argparse.Namespace) -> int:
     from vcorr.errors import VcorrError
     from vcorr.export import record_path
     from vcorr.io import write_json
-    from vcorr.methods import load_method
-    from vcorr.registry import registry_entry
+    from vcorr.evaluation.methods import load_method
+    from vcorr.config import registry_entry
 
     benchmark = registry_entry("benchmarks", args.benchmark)
     method = load_method(args.method_config)
@@ -259,7 +259,7 @@ def initial_labels(plan: SequencePlan, task: str, benchmark: str) -> tuple["np.n
     """
     from vcorr.errors import VcorrError
     from vcorr.io import read_index_png
-    from vcorr.tasks import late_objects, vip_labels
+    from vcorr.propagation.adapters import late_objects, vip_labels
 
     first = plan.annotations.get(plan.frames[0])
     if first is None:
@@ -289,7 +289,7 @@ def feature_stream(plan: SequencePlan, extractor, settings, progress) -> Iterato
 def propagate_sequence(plan: SequencePlan, task: str, benchmark: str, extractor, settings, out: Path, progress) -> None:
     from vcorr.io import atomic_dir
     from vcorr.propagation import propagate_stream
-    from vcorr.tasks import IndexPngWriter
+    from vcorr.propagation.adapters import IndexPngWriter
 
     if task == "jhmdb":
         propagate_keypoints(plan, extractor, settings, out, progress)
@@ -312,7 +312,7 @@ def propagate_keypoints(plan: SequencePlan, extractor, settings, out: Path, prog
     """JHMDB: frame-0 joint heat maps (original resolution) propagated, read out as `[2, 15, T]`
     coordinates at the original resolution, which `vcorr score jhmdb` compares with the joints."""
     from vcorr.propagation import propagate_stream
-    from vcorr.tasks import KeypointWriter, jhmdb_first_heatmaps, keypoint_coords
+    from vcorr.propagation.adapters import KeypointWriter, jhmdb_first_heatmaps, keypoint_coords
 
     heatmaps = jhmdb_first_heatmaps(plan.annotations[plan.frames[0]], plan.label_size)
     writer = KeypointWriter()

@@ -218,7 +218,7 @@ def vip_frames(vip_root: Path, results: Path, video_list: Path):
     """(name, annotation ids, predicted ids) of every annotated frame of the listed videos."""
     from tqdm import tqdm
 
-    from vcorr.metrics.fastpng import read_ids
+    from vcorr.io_png import read_ids
 
     if not video_list.is_file():
         raise VcorrError(f"{video_list}: video list not found")

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from tqdm import tqdm
 
-from vcorr.data.registry import DataFile, Dataset, dataset
+from vcorr.data.datasets import DataFile, Dataset, dataset
 from vcorr.errors import VcorrError
 from vcorr.io import sha256_file
 

@@ -16,7 +16,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from vcorr.data.layouts import COLUMNS, benchmark_frames, image_size, missing_sequences
-from vcorr.data.registry import dataset
+from vcorr.data.datasets import dataset
 from vcorr.errors import VcorrError
 from vcorr.io import atomic_file, read_index_png
 

@@ -27,7 +27,7 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
 from vcorr.errors import VcorrError
-from vcorr.registry import config_dir
+from vcorr.config import config_dir
 
 COLUMNS = ["sequence", "frame", "image", "annotation", "height", "width"]
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from vcorr.errors import VcorrError
-from vcorr.metrics.fastpng import read_ids
+from vcorr.io_png import read_ids
 
 VOID_ID = 255
 BOUNDARY_THRESHOLD = 0.008

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vcorr.errors import VcorrError
-from vcorr.registry import load_registry, registry_entry
+from vcorr.config import load_registry, registry_entry
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from vcorr.errors import VcorrError
-from vcorr.registry import config_dir, load_registry
+from vcorr.config import config_dir, load_registry
 
 INPUTS = ("imagenet_rgb", "lab")
 FUSIONS = (None, "hvc")
