@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vcorr.data.layouts import benchmark_frames, jhmdb_split_clips, missing_sequences, project_list
+from vcorr.data.layouts import benchmark_frames, missing_sequences
+from vcorr.data.readers import jhmdb_split_clips, project_list
 from vcorr.errors import VcorrError
 
 

@@ -27,7 +27,7 @@ from PIL import Image
 from vcorr.cli import main
 from vcorr.data.extract import MARKER, decode_video
 from vcorr.data.index import read_index
-from vcorr.data.layouts import jhmdb_split_clips, project_list
+from vcorr.data.readers import jhmdb_split_clips, project_list
 from vcorr.config import load_registry
 
 REPO_CONFIG = Path(__file__).resolve().parents[1] / "config"
