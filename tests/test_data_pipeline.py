@@ -27,7 +27,8 @@ from PIL import Image
 from vcorr.cli import main
 from vcorr.data.extract import MARKER, decode_video
 from vcorr.data.index import read_index
-from vcorr.data.readers import jhmdb_split_clips, project_list
+from vcorr.data.benchmarks import benchmark
+from vcorr.data.readers import jhmdb_split_clips
 from vcorr.config import load_registry
 
 REPO_CONFIG = Path(__file__).resolve().parents[1] / "config"
@@ -254,7 +255,7 @@ def test_davis17dev_counts_checked_against_registry(tmp_path, server, registry, 
 
 @pytest.fixture(scope="module")
 def jhmdb_clips() -> list[str]:
-    return jhmdb_split_clips(project_list("jhmdb_val_list.txt"))[:2]
+    return jhmdb_split_clips(benchmark("jhmdb").split_list_path())[:2]
 
 
 def test_jhmdb_frames_decoded_from_videos_when_frame_archive_absent(tmp_path, server, jhmdb_clips, capsys):

@@ -11,7 +11,7 @@ import yaml
 
 from vcorr.data.benchmarks import benchmark_names
 from vcorr.errors import VcorrError
-from vcorr.evaluation.methods import load_method, method_names, parse_overrides
+from vcorr.evaluation.methods import PROTOCOL_DEFAULTS, load_method, parse_overrides
 from vcorr.config import load_registry
 
 RANDOM_METHOD = {
@@ -46,7 +46,7 @@ def test_benchmark_registry_lists_every_layout_benchmark_with_its_scorer():
     assert (Path(__file__).resolve().parents[1] / "config" / benchmarks["jhmdb"]["split_list"]).is_file()
 
 
-@pytest.mark.parametrize("name", method_names())
+@pytest.mark.parametrize("name", list(load_registry("methods")))
 def test_registry_method_resolves_on_every_benchmark_it_lists(name):
     from vcorr.models.encoders import ENCODERS
 
@@ -60,9 +60,14 @@ def test_registry_method_resolves_on_every_benchmark_it_lists(name):
     # Spa-then-Temp's protocol has no objects that appear later, which YouTube-VOS needs.
     expected = set(benchmark_names()) - ({"ytvos18", "ytvos19"} if method.protocol == "stt" else set())
     assert set(method.benchmarks) == expected
+    entry = load_registry("methods")[name]
     for benchmark in method.benchmarks:
         settings = method.settings_for(benchmark)
-        assert settings.protocol == method.protocol
+        # What propagation gets is the registry's entry (plus the protocol's documented defaults).
+        written = {key: value for key, value in entry["benchmarks"][benchmark].items() if key != "size"}
+        assert settings.params == {**PROTOCOL_DEFAULTS[entry["protocol"]], **written}, benchmark
+        size = entry["benchmarks"][benchmark].get("size")
+        assert settings.size == (tuple(size) if isinstance(size, list) else size), benchmark
 
 
 def test_published_settings_of_each_family():

@@ -1,7 +1,7 @@
 """`vcorr data fetch|extract|index|list`: datasets and released weights, one documented layout.
 
   resources/downloads/<id>/<file>   fetch (or place by hand); each with a <file>.sha256 sidecar
-  resources/data/<id>/              extract; the registry's `root` is the official dataset root
+  resources/data/<id>/              extract; a benchmark's `root` (config/benchmarks.yaml) is its official dataset root
   resources/index/<id>.csv          index; counts checked against config/datasets.yaml
 """
 

@@ -12,6 +12,7 @@ from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 
 from vcorr.config import config_dir, load_registry, registry_entry
+from vcorr.data.readers import require
 from vcorr.errors import VcorrError
 
 LAYOUTS = ("davis", "ytvos", "jhmdb", "vip")
@@ -47,7 +48,7 @@ class Benchmark:
     def split_list_path(self) -> Path:
         if not self.split_list:
             raise VcorrError(f"config/benchmarks.yaml: {self.name}: has no split_list")
-        return config_dir() / self.split_list
+        return require(config_dir() / self.split_list, f"split_list of benchmark {self.name}, shipped in config/")
 
 
 _KEYS = {item.name for item in fields(Benchmark)} - {"name"}

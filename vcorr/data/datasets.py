@@ -34,9 +34,6 @@ class Dataset:
     flatten: bool = False
     index: dict = field(default_factory=dict)
 
-    def file(self, name: str) -> DataFile:
-        return next(item for item in self.files if item.name == name)
-
     def where_to_get(self, downloads: Path) -> str:
         """The instructions a manual-only set prints: where to download, where to put the files."""
         folder = downloads / self.id

@@ -31,11 +31,6 @@ def read_names(list_file: Path, what: str = "sequence list") -> list[str]:
     return [line.strip() for line in Path(list_file).read_text().splitlines() if line.strip()]
 
 
-def project_list(name: str) -> Path:
-    """A list file the project ships in config/lists/ (`name` relative to config/lists/)."""
-    return require(config_dir() / "lists" / name, "list shipped with vcorr in config/lists")
-
-
 def preferred_list(root: Path, video_list: str | None, split_list: str | None) -> Path:
     """`<root>/<video_list>` when present (the official list), else the shipped `config/<split_list>`."""
     if video_list and (Path(root) / video_list).is_file():

@@ -196,10 +196,6 @@ class Method:
         }
 
 
-def method_names() -> list[str]:
-    return list(load_registry("methods"))
-
-
 def load_method(name_or_file: str | Path) -> Method:
     """A method by registry name, or from a YAML file holding one method's keys."""
     text = str(name_or_file)
