@@ -162,3 +162,23 @@ def test_amp_on_cuda_returns_float32_close_to_full_precision(frames):
     fused = half.extract_batch(frames)
     assert fused.dtype == torch.float32 and fused.device.type == "cuda"
     assert F.cosine_similarity(fused, full, dim=1).min().item() > 0.99
+
+
+def test_weights_the_workflow_produces_are_read_from_their_path(tmp_path, frames):
+    from vcorr.evaluation.methods import validate_method
+
+    trained = tmp_path / "results" / "models" / "mine.pth"
+    method = validate_method("mine", {
+        "encoders": [{"arch": "crw_r18", "weights": {"path": str(trained), "format": "vcorr"}}],
+        "input": "imagenet_rgb", "protocol": "crw",
+        "benchmarks": {"davis17": {"cxt_size": 2, "radius": 4, "topk": 5, "temp": 0.05}},
+    }, "mine.yaml")
+    assert method.weight_files(tmp_path / "elsewhere") == [trained]  # the weights root does not apply
+    with pytest.raises(VcorrError, match=r"mine\.pth: missing .*a file the workflow produces"):
+        method.check_weights(tmp_path / "elsewhere")
+    torch.manual_seed(5)
+    save_weights(build_encoder("crw_r18"), trained)
+    method.check_weights(tmp_path / "elsewhere")
+    extractor = FeatureExtractor(method.features, weights_root=None, device="cpu")
+    assert extractor.reports[0].complete
+    assert method.as_dict()["encoders"] == [{"arch": "crw_r18", "weights": {"path": str(trained), "format": "vcorr"}}]
