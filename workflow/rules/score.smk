@@ -73,5 +73,5 @@ rule crosscheck_davis:
     conda:
         "../../envs/davis2017-eval.yaml"
     shell:
-        "vcorr report crosscheck-davis --davis-root {params.root} --results {input.predictions}"
+        "vcorr report crosscheck-davis --data-root {params.root} --predictions {input.predictions}"
         " --subset {params.subset} --scores {input.scores} --out {output} > {log} 2>&1"
