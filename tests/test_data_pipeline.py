@@ -113,6 +113,8 @@ def registry(tmp_path, monkeypatch):
         folder = tmp_path / f"config{len(calls)}"  # a new path per call: registries are cached by path
         folder.mkdir()
         (folder / "lists").symlink_to(REPO_CONFIG / "lists")
+        # Indexing a benchmark's split reads its root and layout from the real benchmarks.yaml.
+        (folder / "benchmarks.yaml").symlink_to(REPO_CONFIG / "benchmarks.yaml")
         (folder / "datasets.yaml").write_text(yaml.safe_dump(data))
         monkeypatch.setenv("VCORR_CONFIG_DIR", str(folder))
         calls.append(folder)
