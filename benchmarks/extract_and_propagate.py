@@ -62,15 +62,17 @@ def measure(root: Path, overrides: list[str], threads: int) -> dict:
     """Child process: extraction alone, then the whole per-sequence pipeline, timed per frame."""
     import torch
 
-    from vcorr.commands.propagate import plan_sequences, propagate_sequence, read_frame
+    from vcorr.data.benchmarks import benchmark
+    from vcorr.evaluation.methods import load_method
+    from vcorr.evaluation.pipeline import plan_sequences, propagate_sequence, read_frame
     from vcorr.features import FeatureExtractor
-    from vcorr.methods import load_method
 
     torch.set_num_threads(threads)
     method = load_method("random_r18")
     settings = method.settings_for("davis17", overrides)
-    extractor = FeatureExtractor(method.encoders, method.fusion, method.input, None, device="cpu")
-    plan = plan_sequences("davis17", "vos", root)["bench"]
+    extractor = FeatureExtractor(method.features, device="cpu")
+    davis17 = benchmark("davis17")
+    plan = plan_sequences(davis17, root)["bench"]
 
     frame = read_frame(plan.images[0], (HEIGHT, WIDTH))
     extractor.extract(frame)  # warm-up
@@ -84,7 +86,7 @@ def measure(root: Path, overrides: list[str], threads: int) -> dict:
     clock = FrameClock()
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
-        propagate_sequence(plan, "vos", "davis17", extractor, settings, Path(out), clock)
+        propagate_sequence(plan, davis17, extractor, settings, Path(out), clock)
         total = time.perf_counter() - start
     per_frame = [b - a for a, b in zip(clock.stamps[1:], clock.stamps[2:])]  # frame t's extraction to t+1's
     context = settings.params.get("cxt_size", settings.params.get("precede"))

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vcorr.data.layouts import benchmark_frames, jhmdb_split_clips, missing_sequences, project_list
+from vcorr.data.layouts import benchmark_frames, missing_sequences
+from vcorr.data.benchmarks import benchmark
+from vcorr.data.readers import jhmdb_split_clips
 from vcorr.errors import VcorrError
 
 
@@ -69,7 +71,7 @@ def test_ytvos_frames_present_and_first_appearance_labels(tmp_path):
 
 
 def test_jhmdb_val_split_from_project_list(tmp_path):
-    clips = jhmdb_split_clips(project_list("jhmdb_val_list.txt"))
+    clips = jhmdb_split_clips(benchmark("jhmdb").split_list_path())
     assert len(clips) == 268 and len({clip.split("/")[0] for clip in clips}) == 21
     for clip in clips[:2]:
         for number in range(1, 4):
@@ -101,7 +103,7 @@ def test_vip_official_list_and_sparse_labels(tmp_path):
 
 
 def test_vip_project_list_has_fifty_videos():
-    assert len(project_list("vip_val_videos.txt").read_text().split()) == 50
+    assert len(benchmark("vip").split_list_path().read_text().split()) == 50
 
 
 def test_wrong_layout_names_the_missing_path(tmp_path):

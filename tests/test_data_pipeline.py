@@ -27,8 +27,9 @@ from PIL import Image
 from vcorr.cli import main
 from vcorr.data.extract import MARKER, decode_video
 from vcorr.data.index import read_index
-from vcorr.data.layouts import jhmdb_split_clips, project_list
-from vcorr.registry import load_registry
+from vcorr.data.benchmarks import benchmark
+from vcorr.data.readers import jhmdb_split_clips
+from vcorr.config import load_registry
 
 REPO_CONFIG = Path(__file__).resolve().parents[1] / "config"
 FAST = ["--retries", "4", "--backoff", "0.01", "--timeout", "10"]
@@ -112,6 +113,8 @@ def registry(tmp_path, monkeypatch):
         folder = tmp_path / f"config{len(calls)}"  # a new path per call: registries are cached by path
         folder.mkdir()
         (folder / "lists").symlink_to(REPO_CONFIG / "lists")
+        # Indexing a benchmark's split reads its root and layout from the real benchmarks.yaml.
+        (folder / "benchmarks.yaml").symlink_to(REPO_CONFIG / "benchmarks.yaml")
         (folder / "datasets.yaml").write_text(yaml.safe_dump(data))
         monkeypatch.setenv("VCORR_CONFIG_DIR", str(folder))
         calls.append(folder)
@@ -254,7 +257,7 @@ def test_davis17dev_counts_checked_against_registry(tmp_path, server, registry, 
 
 @pytest.fixture(scope="module")
 def jhmdb_clips() -> list[str]:
-    return jhmdb_split_clips(project_list("jhmdb_val_list.txt"))[:2]
+    return jhmdb_split_clips(benchmark("jhmdb").split_list_path())[:2]
 
 
 def test_jhmdb_frames_decoded_from_videos_when_frame_archive_absent(tmp_path, server, jhmdb_clips, capsys):

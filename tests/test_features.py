@@ -9,9 +9,10 @@ import torch
 import torch.nn.functional as F
 
 from vcorr.errors import VcorrError
+from vcorr.evaluation.methods import feature_config
 from vcorr.features import FeatureExtractor, fuse_hvc, normalise_frames, resolve_device
 from vcorr.models import build_encoder
-from vcorr.models.checkpoints import save_weights
+from vcorr.models.weights import save_weights
 
 
 @pytest.fixture(scope="module")
@@ -58,22 +59,27 @@ def test_resolve_device():
         resolve_device("tpu")
 
 
+def extractor_for(encoders, fusion=None, input="imagenet_rgb", **options) -> FeatureExtractor:
+    """The extractor of a method config's `encoders`, `fusion` and `input` entries."""
+    return FeatureExtractor(feature_config(encoders, fusion, input), **options)
+
+
 def test_random_encoder_is_seeded_and_leaves_global_rng_alone(frames):
     config = [{"arch": "stt_r18_s8", "weights": None, "seed": 3}]
     torch.manual_seed(123)
     before = torch.rand(1)
     torch.manual_seed(123)
-    first = FeatureExtractor(config, input="lab", device="cpu")
+    first = extractor_for(config, input="lab", device="cpu")
     assert torch.equal(torch.rand(1), before)
-    second = FeatureExtractor(config, input="lab", device="cpu")
-    other = FeatureExtractor([{**config[0], "seed": 4}], input="lab", device="cpu")
+    second = extractor_for(config, input="lab", device="cpu")
+    other = extractor_for([{**config[0], "seed": 4}], input="lab", device="cpu")
     a, b, c = (extractor.extract(frames[0]) for extractor in (first, second, other))
     assert a.shape == (256, 6, 9) and a.dtype == torch.float32 and first.stride == 8
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
 def test_extract_and_batch_agree_and_match_the_encoder(frames):
-    extractor = FeatureExtractor([{"arch": "crw_r18", "weights": None, "seed": 0}], device="cpu")
+    extractor = extractor_for([{"arch": "crw_r18", "weights": None, "seed": 0}], device="cpu")
     batch = extractor.extract_batch(frames)
     single = extractor.extract(frames[1])
     # Batched and single convolutions may sum in different orders: equal to float rounding.
@@ -91,7 +97,7 @@ def test_hvc_fusion_shape_norm_and_formula(frames):
         {"arch": "hvc_r18", "weights": None, "seed": 1},
         {"arch": "moco_r50", "weights": None, "seed": 2},
     ]
-    extractor = FeatureExtractor(config, fusion="hvc", device="cpu")
+    extractor = extractor_for(config, fusion="hvc", device="cpu")
     fused = extractor.extract_batch(frames)
     assert fused.shape == (2, 256 + 1024, 6, 9) and extractor.channels == 1280
     torch.testing.assert_close(fused.norm(dim=1), torch.ones(2, 6, 9))
@@ -102,7 +108,7 @@ def test_hvc_fusion_shape_norm_and_formula(frames):
     torch.testing.assert_close(fused[:, :256].norm(dim=1), torch.full((2, 6, 9), 1.05 / np.hypot(1.05, 1)))
     expected = F.normalize(torch.cat((F.normalize(hvc, dim=1) * 1.05, F.normalize(moco, dim=1)), 1), dim=1)
     torch.testing.assert_close(fused, expected, rtol=0, atol=0)
-    reweighted = FeatureExtractor(config, fusion="hvc", device="cpu", fusion_weight=2.0).extract(frames[0])
+    reweighted = extractor_for(config, fusion="hvc", device="cpu", fusion_weight=2.0).extract(frames[0])
     torch.testing.assert_close(reweighted[:256].norm(dim=0), torch.full((6, 9), 2 / np.hypot(2, 1)))
 
 
@@ -113,15 +119,15 @@ def test_fusion_refuses_unequal_maps():
 
 def test_config_errors(tmp_path):
     with pytest.raises(VcorrError, match="needs 2"):
-        FeatureExtractor([{"arch": "hvc_r18", "weights": None}], fusion="hvc", device="cpu")
+        extractor_for([{"arch": "hvc_r18", "weights": None}], fusion="hvc", device="cpu")
     with pytest.raises(VcorrError, match="stride"):
-        FeatureExtractor(
-            [{"arch": "stt_r18_s4", "weights": None}, {"arch": "moco_r50", "weights": None}],
+        extractor_for(
+            [{"arch": "stt_r18_s4", "weights": None, "seed": 0}, {"arch": "moco_r50", "weights": None, "seed": 0}],
             fusion="hvc", device="cpu",
         )
     weights = {"id": "hvc_release", "file": "hvc_coco.pth", "format": "hvc"}
     with pytest.raises(VcorrError, match="hvc_coco.pth"):
-        FeatureExtractor([{"arch": "hvc_r18", "weights": weights}], weights_root=tmp_path, device="cpu")
+        extractor_for([{"arch": "hvc_r18", "weights": weights}], weights_root=tmp_path, device="cpu")
 
 
 def test_weights_are_read_from_the_weights_root(tmp_path, frames):
@@ -129,7 +135,7 @@ def test_weights_are_read_from_the_weights_root(tmp_path, frames):
     trained = build_encoder("hvc_r18_train")
     save_weights(trained, tmp_path / "run1" / "encoder.pth", meta={"epoch": 3})
     weights = {"id": "run1", "file": "encoder.pth", "format": "vcorr"}
-    extractor = FeatureExtractor([{"arch": "hvc_r18", "weights": weights}], weights_root=tmp_path, device="cpu")
+    extractor = extractor_for([{"arch": "hvc_r18", "weights": weights}], weights_root=tmp_path, device="cpu")
     report = extractor.reports[0]
     assert report.complete and not report.unexpected
     assert report.ignored and all(key.startswith("layer4.") for key in report.ignored)
@@ -142,17 +148,37 @@ def test_weights_are_read_from_the_weights_root(tmp_path, frames):
 
 def test_amp_is_a_no_op_on_cpu(frames):
     config = [{"arch": "hvc_r18", "weights": None, "seed": 0}]
-    amp = FeatureExtractor(config, device="cpu", amp=True)
+    amp = extractor_for(config, device="cpu", amp=True)
     assert amp.amp is False
-    assert torch.equal(amp.extract(frames[0]), FeatureExtractor(config, device="cpu").extract(frames[0]))
+    assert torch.equal(amp.extract(frames[0]), extractor_for(config, device="cpu").extract(frames[0]))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_amp_on_cuda_returns_float32_close_to_full_precision(frames):
     config = [{"arch": "hvc_r18", "weights": None, "seed": 0}, {"arch": "moco_r50", "weights": None, "seed": 1}]
-    full = FeatureExtractor(config, fusion="hvc", device="cuda").extract_batch(frames)
-    half = FeatureExtractor(config, fusion="hvc", device="cuda", amp=True)
+    full = extractor_for(config, fusion="hvc", device="cuda").extract_batch(frames)
+    half = extractor_for(config, fusion="hvc", device="cuda", amp=True)
     assert half.amp
     fused = half.extract_batch(frames)
     assert fused.dtype == torch.float32 and fused.device.type == "cuda"
     assert F.cosine_similarity(fused, full, dim=1).min().item() > 0.99
+
+
+def test_weights_the_workflow_produces_are_read_from_their_path(tmp_path, frames):
+    from vcorr.evaluation.methods import validate_method
+
+    trained = tmp_path / "results" / "models" / "mine.pth"
+    method = validate_method("mine", {
+        "encoders": [{"arch": "crw_r18", "weights": {"path": str(trained), "format": "vcorr"}}],
+        "input": "imagenet_rgb", "protocol": "crw",
+        "benchmarks": {"davis17": {"cxt_size": 2, "radius": 4, "topk": 5, "temp": 0.05}},
+    }, "mine.yaml")
+    assert method.weight_files(tmp_path / "elsewhere") == [trained]  # the weights root does not apply
+    with pytest.raises(VcorrError, match=r"mine\.pth: missing .*a file the workflow produces"):
+        method.check_weights(tmp_path / "elsewhere")
+    torch.manual_seed(5)
+    save_weights(build_encoder("crw_r18"), trained)
+    method.check_weights(tmp_path / "elsewhere")
+    extractor = FeatureExtractor(method.features, weights_root=None, device="cpu")
+    assert extractor.reports[0].complete
+    assert method.as_dict()["encoders"] == [{"arch": "crw_r18", "weights": {"path": str(trained), "format": "vcorr"}}]

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vcorr.data.layouts import BENCHMARKS
+from vcorr.data.benchmarks import benchmark_names
 from vcorr.errors import VcorrError
-from vcorr.methods import load_method, method_names, parse_overrides
-from vcorr.registry import load_registry
+from vcorr.evaluation.methods import PROTOCOL_DEFAULTS, load_method, parse_overrides
+from vcorr.config import load_registry
 
 RANDOM_METHOD = {
     "description": "test",
@@ -33,37 +33,41 @@ def write_method(tmp_path: Path, data, name: str = "mine.yaml") -> Path:
 def test_benchmark_registry_lists_every_layout_benchmark_with_its_scorer():
     benchmarks = load_registry("benchmarks")
     datasets = load_registry("datasets")
-    assert set(benchmarks) == set(BENCHMARKS)
+    assert set(benchmarks) == set(benchmark_names())
     for name, entry in benchmarks.items():
         assert entry["dataset"] in datasets, name
         assert entry["task"] in ("vos", "vip", "jhmdb"), name
         assert entry["scorer"] in ("davis", "jhmdb", "vip", "server"), name
-        # The benchmark root is the dataset's official root as the data step unpacks it.
-        assert entry["root"] == datasets[entry["dataset"]]["root"], name
+        # The dataset root is stated once, here, not again in datasets.yaml.
+        assert isinstance(entry["root"], str) and "root" not in datasets[entry["dataset"]], name
         if entry["scorer"] == "server":
             assert entry["server"]["url"].startswith("https://"), name
     assert benchmarks["davis16"]["year"] == 2016 and benchmarks["davis17"]["year"] == 2017
     assert (Path(__file__).resolve().parents[1] / "config" / benchmarks["jhmdb"]["split_list"]).is_file()
 
 
-@pytest.mark.parametrize("name", method_names())
+@pytest.mark.parametrize("name", list(load_registry("methods")))
 def test_registry_method_resolves_on_every_benchmark_it_lists(name):
     from vcorr.models.encoders import ENCODERS
 
     method = load_method(name)
     datasets = load_registry("datasets")
     for encoder in method.encoders:
-        assert encoder["arch"] in ENCODERS
-        if encoder.get("weights"):
-            weights = encoder["weights"]
+        assert encoder.arch in ENCODERS
+        if encoder.weights:
             # The file is one the data step promises to unpack for that weights id.
-            assert weights["file"] in datasets[weights["id"]]["index"]["weights"]["files"]
+            assert encoder.weights.file in datasets[encoder.weights.id]["index"]["weights"]["files"]
     # Spa-then-Temp's protocol has no objects that appear later, which YouTube-VOS needs.
-    expected = set(BENCHMARKS) - ({"ytvos18", "ytvos19"} if method.protocol == "stt" else set())
+    expected = set(benchmark_names()) - ({"ytvos18", "ytvos19"} if method.protocol == "stt" else set())
     assert set(method.benchmarks) == expected
+    entry = load_registry("methods")[name]
     for benchmark in method.benchmarks:
         settings = method.settings_for(benchmark)
-        assert settings.protocol == method.protocol
+        # What propagation gets is the registry's entry (plus the protocol's documented defaults).
+        written = {key: value for key, value in entry["benchmarks"][benchmark].items() if key != "size"}
+        assert settings.params == {**PROTOCOL_DEFAULTS[entry["protocol"]], **written}, benchmark
+        size = entry["benchmarks"][benchmark].get("size")
+        assert settings.size == (tuple(size) if isinstance(size, list) else size), benchmark
 
 
 def test_published_settings_of_each_family():
@@ -101,7 +105,7 @@ def test_method_from_a_file_plain_or_as_a_registry_entry(tmp_path):
     plain = load_method(write_method(tmp_path, RANDOM_METHOD))
     assert plain.name == "mine" and plain.settings_for("davis17").params["topk"] == 5
     wrapped = load_method(write_method(tmp_path, {"tiny": RANDOM_METHOD}, "wrapped.yaml"))
-    assert wrapped.name == "tiny" and wrapped.encoders[0]["seed"] == 3
+    assert wrapped.name == "tiny" and wrapped.encoders[0].seed == 3
 
 
 @pytest.mark.parametrize(

@@ -114,9 +114,23 @@ def test_hvc_training_init():
 
 
 def test_every_registered_encoder_builds_with_its_declared_stride():
+    import vcorr.models.encoders as encoders_module
+
+    # The documented table (module docstring): name -> (channels, stride), checked against a forward pass.
+    documented = {}
+    for line in encoders_module.__doc__.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) == 7 and cells[0] in ENCODERS:
+            documented[cells[0]] = (int(cells[5]), int(cells[6]))
+    assert set(documented) == set(ENCODERS)
     for arch, spec in ENCODERS.items():
-        encoder = build_encoder(arch)
-        assert encoder.stride == spec.stride and encoder.spec is spec
+        encoder = build_encoder(arch).eval()
+        assert encoder.spec is spec
+        channels, stride = documented[arch]
+        with torch.inference_mode():
+            features = encoder(torch.zeros(1, 3, 64, 96))
+        assert tuple(features.shape) == (1, channels, 64 // stride, 96 // stride), arch
+        assert (encoder.stride, encoder.out_channels) == (stride, channels), arch
 
 
 def test_unknown_arch_is_refused_with_the_known_names():

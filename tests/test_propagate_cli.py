@@ -86,8 +86,14 @@ def test_propagate_then_score_davis_identical_frames_score_one(davis, tmp_path, 
     # Both objects of the still sequence: J-Mean and F-Mean (hence J&F) exactly 1.
     still = {key: value for key, value in flat.items() if key.startswith("per_object/still_") and key.endswith(("J-Mean", "F-Mean"))}
     assert len(still) == 4 and all(value == 1.0 for value in still.values()), still
-    moving = [value for key, value in flat.items() if key.startswith("per_object/moving_") and key.endswith("J-Mean")]
-    assert len(moving) == 2 and all(0.0 <= value <= 1.0 for value in moving)
+    # The moving sequence's J-Mean is the mean IoU of its scored frames (1..T-2), object by object.
+    for object_id in (1, 2):
+        ious = []
+        for frame in range(1, 4):
+            predicted = read_index_png(out / "moving" / f"{frame:05d}.png") == object_id
+            truth = two_bands() == object_id
+            ious.append((predicted & truth).sum() / (predicted | truth).sum())
+        assert flat[f"per_object/moving_{object_id}/J-Mean"] == pytest.approx(np.mean(ious), abs=1e-12)
 
 
 def _flatten(data, prefix: str = "") -> dict[str, float]:

@@ -410,3 +410,30 @@ def test_tiling_does_not_change_results_and_low_precision_is_opt_in():
     assert (low.ids == default.ids).float().mean() > 0.9  # close, not exact
     with pytest.raises(VcorrError, match="affinity_dtype"):
         propagate(feats, label0, "stt", affinity_dtype="float64", **params)
+
+
+def test_parameters_are_checked_by_name_and_real_type_errors_are_not_hidden(monkeypatch):
+    from vcorr.propagation import protocols
+
+    feats, label0 = _random_sequence(0, 3, 8, 6, 6, 2, n_ids=3)
+    with pytest.raises(VcorrError, match="bad parameters: unknown with_first"):
+        propagate(feats, label0, "stt", precede=2, topk=3, temp=0.1, nrange=4, with_first=True)
+    with pytest.raises(VcorrError, match="bad parameters: missing temp"):
+        propagate(feats, label0, "crw", cxt_size=2, radius=3, topk=3)
+
+    def broken_step(self, features, new_objects):
+        raise TypeError("a bug inside the protocol")
+
+    monkeypatch.setattr(protocols.CRWPropagator, "_step", broken_step)
+    with pytest.raises(TypeError, match="a bug inside the protocol"):
+        propagate(feats, label0, "crw", cxt_size=2, radius=3, topk=3, temp=0.1)
+
+
+def test_flat_indexing_refuses_a_layout_it_does_not_expect():
+    from vcorr.propagation.affinity import _require_layout
+
+    _require_layout(torch.zeros(2, 3, 4), (2, 3, 4), "scores")
+    with pytest.raises(RuntimeError, match="contiguous"):
+        _require_layout(torch.zeros(4, 3, 2).permute(2, 1, 0), (2, 3, 4), "scores")
+    with pytest.raises(RuntimeError, match=r"shape \(2, 3, 4\)"):
+        _require_layout(torch.zeros(2, 12), (2, 3, 4), "scores")

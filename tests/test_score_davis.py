@@ -13,7 +13,7 @@ from PIL import Image
 from vcorr.cli import main
 from vcorr.io import read_index_png, write_index_png
 from vcorr.metrics import davis
-from vcorr.metrics.fastpng import read_ids
+from vcorr.io_png import read_ids
 
 # --- Against the official tool's answers ----------------------------------------------------------
 

@@ -89,12 +89,14 @@ def test_dry_run_of_one_result_lists_every_stage_from_download_to_score(fresh_di
         "fetch_davis17": 1, "fetch_hvc_release": 1, "fetch_moco_v1_200ep": 1,  # downloads
         "extract": 1, "index": 1,  # DAVIS unpacked and checked
         "weights_hvc_release": 1, "weights_moco_v1_200ep": 1,  # HVC's COCO encoder and MoCo for the fusion
-        "propagate": 1, "score_davis": 1, "result": 1,
+        "propagate": 1, "score": 1, "result": 1,
     })
     commands = done.stdout
     assert "vcorr propagate --benchmark davis17 --data-root resources/data/davis17/DAVIS" in commands
     assert "--method-config hvc_release_coco" in commands
-    assert "vcorr score davis --davis-root resources/data/davis17/DAVIS" in commands
+    assert "vcorr score davis --benchmark davis17 --data-root resources/data/davis17/DAVIS" in commands
+    # The official CSVs go beside the rule's output, not into the predictions folder (its input).
+    assert "--csv-dir results/scores/davis17/hvc_release_coco.official" in commands
 
 
 def test_dry_run_of_all_builds_every_method_on_every_benchmark(fresh_directory):
@@ -150,6 +152,55 @@ def test_bad_config_is_refused_with_the_key(fresh_directory, tmp_path, overlay, 
     done = snakemake("-n", "--configfile", str(REPO / "config/config.yaml"), str(overlay_file), cwd=fresh_directory)
     assert done.returncode != 0
     assert message in done.stdout
+
+
+def registry_copy(folder: Path) -> Path:
+    """The project's registries in `folder` (lists linked), to be edited by a test."""
+    folder.mkdir()
+    (folder / "lists").symlink_to(REPO / "config" / "lists")
+    for name in ("datasets", "benchmarks", "methods"):
+        shutil.copy(REPO / "config" / f"{name}.yaml", folder / f"{name}.yaml")
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("registry_name", "typo", "key"),
+    [
+        ("methods", lambda data: data["random_r18"].update(fusoin=None), "random_r18"),
+        ("methods", lambda data: data["random_r18"].update(benchmarks={"davis17": {"cxt_size": 2, "radius": 4, "topk": "ten", "temp": 0.1}}),
+         "random_r18.benchmarks.davis17.topk"),
+        ("benchmarks", lambda data: data["davis17"].update(layuot="davis"), "davis17"),
+        ("benchmarks", lambda data: data["vip"].update(layout="vipp"), "vip.layout"),
+        ("datasets", lambda data: data["davis17"]["files"][0].update(sah256=None), "davis17.files.0"),
+    ],
+)
+def test_a_registry_typo_fails_the_dry_run_naming_file_and_key(fresh_directory, tmp_path, registry_name, typo, key):
+    folder = registry_copy(tmp_path / "registries")
+    data = registry(registry_name, folder)
+    typo(data)
+    (folder / f"{registry_name}.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    overlay_file = tmp_path / "overlay.yaml"
+    overlay_file.write_text(yaml.safe_dump({"registries": str(folder)}))
+    done = snakemake("-n", "--configfile", str(REPO / "config/config.yaml"), str(overlay_file), cwd=fresh_directory)
+    assert done.returncode != 0
+    assert f"{folder / registry_name}.yaml: {key}:" in done.stdout, done.stdout
+
+
+def test_a_benchmark_added_to_the_registry_alone_is_planned_like_the_others(fresh_directory, tmp_path):
+    folder = registry_copy(tmp_path / "registries")
+    benchmarks, methods = registry("benchmarks", folder), registry("methods", folder)
+    benchmarks["davis17copy"] = {**benchmarks["davis17"], "description": "DAVIS-2017 val under another name"}
+    methods["random_r18"]["benchmarks"]["davis17copy"] = methods["random_r18"]["benchmarks"]["davis17"]
+    (folder / "benchmarks.yaml").write_text(yaml.safe_dump(benchmarks, sort_keys=False))
+    (folder / "methods.yaml").write_text(yaml.safe_dump(methods, sort_keys=False))
+    overlay_file = tmp_path / "overlay.yaml"
+    overlay_file.write_text(yaml.safe_dump({"registries": str(folder)}))
+    done = snakemake("-n", "results/davis17copy/random_r18.json", "--configfile", str(REPO / "config/config.yaml"),
+                     str(overlay_file), cwd=fresh_directory)
+    assert done.returncode == 0, done.stdout
+    assert planned_jobs(done.stdout)[("score", "davis17copy", "random_r18", None)] == 1
+    assert "vcorr propagate --benchmark davis17copy --data-root resources/data/davis17/DAVIS" in done.stdout
+    assert "vcorr score davis --benchmark davis17copy --data-root resources/data/davis17/DAVIS" in done.stdout
 
 
 # --- the tiny configuration, run for real ----------------------------------------------------
@@ -243,7 +294,12 @@ def test_tiny_configuration_runs_end_to_end(tiny_run):
         result = json.loads((root / "results" / benchmark / f"{method}.json").read_text())
         assert (result["benchmark"], result["method"]) == (benchmark, method)
         provenance = result["provenance"]
-        assert provenance["git"]["commit"] is None or re.fullmatch(r"[0-9a-f]{40}", provenance["git"]["commit"])
+        # The checkout's own commit (a test run outside a git checkout records none).
+        if (REPO / ".git").exists():
+            head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+            assert provenance["git"]["commit"] == head
+        else:
+            assert provenance["git"]["commit"] is None
         assert provenance["settings"]["protocol"] == "crw"
         assert provenance["timings"]["propagate_s"] > 0
         checkpoints = provenance["checkpoints"]
@@ -300,7 +356,7 @@ def test_changing_one_benchmarks_parameter_reruns_only_its_propagation_and_scori
     assert done.returncode == 0, done.stdout
     assert planned_jobs(done.stdout) == Counter({
         ("propagate", "davis17", "tiny_random", "all"): 1, ("propagate", "davis17", "tiny_crw", "all"): 1,
-        ("score_davis", "davis17", "tiny_random", None): 1, ("score_davis", "davis17", "tiny_crw", None): 1,
+        ("score", "davis17", "tiny_random", None): 1, ("score", "davis17", "tiny_crw", None): 1,
         ("result", "davis17", "tiny_random", None): 1, ("result", "davis17", "tiny_crw", None): 1,
         ("summary", None, None, None): 1, ("all", None, None, None): 1,
     })
@@ -323,7 +379,7 @@ def test_editing_one_methods_registry_settings_reruns_only_that_pair(tiny_run):
         methods_file.write_text(original)
     assert done.returncode == 0, done.stdout
     assert planned_jobs(done.stdout) == Counter({
-        ("propagate", "jhmdb", "tiny_crw", "all"): 1, ("score_jhmdb", "jhmdb", "tiny_crw", None): 1,
+        ("propagate", "jhmdb", "tiny_crw", "all"): 1, ("score", "jhmdb", "tiny_crw", None): 1,
         ("result", "jhmdb", "tiny_crw", None): 1, ("summary", None, None, None): 1, ("all", None, None, None): 1,
     })
 
@@ -340,8 +396,7 @@ def test_replacing_a_weights_file_reruns_what_used_it_and_a_concurrent_run_is_lo
     jobs = planned_jobs(planned.stdout)
     expected = Counter()
     for benchmark in ("davis17", "jhmdb", "vip"):
-        scorer = {"davis17": "score_davis", "jhmdb": "score_jhmdb", "vip": "score_vip"}[benchmark]
-        expected.update({("propagate", benchmark, "tiny_crw", "all"): 1, (scorer, benchmark, "tiny_crw", None): 1})
+        expected.update({("propagate", benchmark, "tiny_crw", "all"): 1, ("score", benchmark, "tiny_crw", None): 1})
     expected.update({("propagate", "ytvos18", "tiny_crw", f"shard-{i}-of-2"): 1 for i in range(2)})
     expected.update({("export", "ytvos18", "tiny_crw", None): 1})
     expected.update({("result", b, "tiny_crw", None): 1 for b in ("davis17", "jhmdb", "vip", "ytvos18")})

@@ -13,7 +13,7 @@ import pytest
 
 from vcorr.cli import main
 from vcorr.errors import VcorrError
-from vcorr.registry import load_registry
+from vcorr.config import load_registry
 from vcorr.report import build_result, find_headlines, read_timing, write_summary
 
 TINY_REGISTRIES = Path(__file__).resolve().parents[1] / ".test" / "config"

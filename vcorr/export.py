@@ -6,9 +6,9 @@ sequences of the run with the frames each must hold, and every sequence of the b
 submission is built only when the records of the given folders cover every sequence of the
 benchmark and every listed frame exists, so a half-finished run is never uploaded.
 
-Archive layouts the servers accept:
-- YouTube-VOS 2018/2019 (CodaLab): `Annotations/<video>/<frame>.png` at the zip root.
-- DAVIS-2017 test-dev (CodaLab): `<sequence>/<frame>.png` at the zip root.
+The archive layout each server accepts is its benchmark's `server.archive_prefix` in
+config/benchmarks.yaml (YouTube-VOS: `Annotations/<video>/<frame>.png`, DAVIS-2017 test-dev:
+`<sequence>/<frame>.png`, both at the zip root).
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from typing import Any
 from vcorr.errors import VcorrError
 from vcorr.io import atomic_file
 
-ARCHIVE_PREFIX: dict[str, str] = {"ytvos18": "Annotations/", "ytvos19": "Annotations/", "davis17dev": ""}
 RECORD_PREFIX = ".vcorr-propagate"
 
 
@@ -57,8 +56,11 @@ def missing_frames(folder: Path, record: dict[str, Any]) -> dict[str, list[str]]
 
 def export_submission(benchmark: str, predictions: list[Path], out: Path) -> dict[str, int]:
     """Zip the predictions of `benchmark` found in `predictions` (one folder, or one per shard)."""
-    if benchmark not in ARCHIVE_PREFIX:
-        raise VcorrError(f"benchmark '{benchmark}' is not scored by a server (export supports {', '.join(ARCHIVE_PREFIX)})")
+    from vcorr.data.benchmarks import benchmark as benchmark_entry, server_benchmarks
+
+    entry = benchmark_entry(benchmark)
+    if entry.scorer != "server":
+        raise VcorrError(f"benchmark '{benchmark}' is not scored by a server (export supports {', '.join(server_benchmarks())})")
     sources: dict[str, tuple[Path, list[str]]] = {}  # sequence -> (folder, frames)
     expected: set[str] | None = None
     for folder in predictions:
@@ -93,7 +95,7 @@ def export_submission(benchmark: str, predictions: list[Path], out: Path) -> dic
     if not sources or not any(frames for _folder, frames in sources.values()):
         raise VcorrError(f"{', '.join(map(str, predictions))}: no predicted frames to export")
 
-    prefix = ARCHIVE_PREFIX[benchmark]
+    prefix = entry.archive_prefix
     frame_count = 0
     with atomic_file(out) as temporary:
         # PNGs are already compressed: storing them keeps the zip fast to build and to unpack.

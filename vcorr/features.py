@@ -1,9 +1,9 @@
 """Frames -> normalised network input -> features, for one encoder or HVC's fused pair.
 
-A method config's `encoders` list (see config/methods.yaml) names each encoder:
-`{arch: <vcorr.models registry name>, weights: null | {id, file, format}, seed: int}`; weights are
-read from `<weights_root>/<id>/<file>`, and `weights: null` means a random initialisation drawn
-with `seed` (so a "random" baseline is the same network on every run and machine).
+The extractor takes a method's validated `vcorr.evaluation.methods.FeatureConfig` (its encoders,
+fusion and input); each encoder's checkpoint path comes from `WeightsSource.resolve`, and
+`weights: null` means a random initialisation drawn with `seed` (so a "random" baseline is the
+same network on every run and machine).
 
 Input normalisations, reproducing the seeds' test pipelines on uint8 RGB frames:
 - `imagenet_rgb` (HVC, videowalk): torchvision `ToTensor` (/255) then `Normalize` with the
@@ -22,7 +22,7 @@ with w = 1.05, both normalisations over channels.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
@@ -31,9 +31,8 @@ import torch
 import torch.nn.functional as F
 
 from vcorr.errors import VcorrError
+from vcorr.evaluation.methods import INPUTS, FeatureConfig
 
-INPUTS = ("imagenet_rgb", "lab")
-FUSIONS = (None, "hvc")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 LAB_MEAN = (50.0, 0.0, 0.0)
@@ -111,50 +110,30 @@ class FeatureExtractor:
 
     def __init__(
         self,
-        encoders: Sequence[Mapping],
-        fusion: str | None = None,
-        input: str = "imagenet_rgb",
+        features: FeatureConfig,
         weights_root: str | Path | None = None,
         device: str | torch.device = "auto",
         amp: bool = False,
         fusion_weight: float = HVC_FUSION_WEIGHT,
     ) -> None:
         from vcorr.models import build_encoder
-        from vcorr.models.checkpoints import load_weights
+        from vcorr.models.weights import load_weights
 
-        if input not in INPUTS:
-            raise VcorrError(f"unknown input normalisation {input!r}; expected one of {', '.join(INPUTS)}")
-        if fusion not in FUSIONS:
-            raise VcorrError(f"unknown fusion {fusion!r}; expected null or hvc")
-        expected_count = 2 if fusion == "hvc" else 1
-        if len(encoders) != expected_count:
-            raise VcorrError(
-                f"fusion {fusion!r} needs {expected_count} encoder(s), the method config lists "
-                f"{len(encoders)}"
-            )
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
-        self.input = input
-        self.fusion = fusion
+        self.input = features.input
+        self.fusion = features.fusion
         self.fusion_weight = fusion_weight
         self.amp = bool(amp) and self.device.type == "cuda"
         self.networks = []
         self.reports = []
-        for entry in encoders:
-            if "arch" not in entry:
-                raise VcorrError(f"encoder entry {dict(entry)!r} has no 'arch'")
+        for encoder in features.encoders:
             # A private RNG stream: a seeded random init never depends on, or disturbs, the caller's.
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(int(entry.get("seed") or 0))
-                network = build_encoder(entry["arch"])
-            weights = entry.get("weights")
-            if weights:
-                if weights_root is None:
-                    raise VcorrError(f"encoder {entry['arch']} needs weights but no weights root was given")
-                missing = [key for key in ("id", "file", "format") if key not in weights]
-                if missing:
-                    raise VcorrError(f"encoder {entry['arch']}: weights entry lacks {', '.join(missing)}")
-                path = Path(weights_root) / weights["id"] / weights["file"]
-                self.reports.append(load_weights(network, path, weights["format"]))
+                torch.manual_seed(encoder.seed or 0)
+                network = build_encoder(encoder.arch)
+            if encoder.weights:
+                path = encoder.weights.resolve(weights_root)
+                self.reports.append(load_weights(network, path, encoder.weights.format))
             self.networks.append(network.eval().to(self.device))
         strides = {network.stride for network in self.networks}
         if len(strides) != 1:

@@ -116,8 +116,8 @@ def build_result(
     evaluate_timings: Sequence[Path] = (),
     overrides: Sequence[str] = (),
 ) -> dict[str, Any]:
-    from vcorr.methods import load_method, parse_overrides
-    from vcorr.registry import registry_entry
+    from vcorr.evaluation.methods import load_method, parse_overrides
+    from vcorr.config import registry_entry
 
     benchmark_entry = registry_entry("benchmarks", benchmark)
     method = load_method(method_name)

@@ -1,7 +1,7 @@
 """`vcorr data fetch|extract|index|list|demo`: datasets and released weights, one documented layout.
 
   resources/downloads/<id>/<file>   fetch (or place by hand); each with a <file>.sha256 sidecar
-  resources/data/<id>/              extract; the registry's `root` is the official dataset root
+  resources/data/<id>/              extract; a benchmark's `root` (config/benchmarks.yaml) is its official dataset root
   resources/index/<id>.csv          index; counts checked against config/datasets.yaml
   resources/data/demo/              demo: built here from material vcorr[demo] installs
 """
@@ -85,7 +85,7 @@ def run_index(args) -> int:
 
 
 def run_list(args) -> int:
-    from vcorr.data.registry import dataset, dataset_ids
+    from vcorr.data.datasets import dataset, dataset_ids
 
     for dataset_id in dataset_ids():
         entry = dataset(dataset_id)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-SERVER_BENCHMARKS = ("ytvos18", "ytvos19", "davis17dev")
-
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -18,7 +16,7 @@ def add_parser(subparsers) -> None:
             "both at the zip root. Refuses predictions that miss a sequence or a frame."
         ),
     )
-    parser.add_argument("--benchmark", required=True, choices=SERVER_BENCHMARKS)
+    parser.add_argument("--benchmark", required=True, help="a server-scored benchmark of config/benchmarks.yaml")
     parser.add_argument(
         "--predictions", required=True, nargs="+", type=Path, metavar="DIR",
         help="the --out folder of `vcorr propagate` (several: one per shard)",
@@ -28,10 +26,10 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from vcorr.data.benchmarks import benchmark
     from vcorr.export import export_submission
-    from vcorr.registry import registry_entry
 
     summary = export_submission(args.benchmark, args.predictions, args.out)
-    url = registry_entry("benchmarks", args.benchmark).get("server", {}).get("url", "the benchmark's server")
+    url = (benchmark(args.benchmark).server or {}).get("url", "the benchmark's server")
     print(f"{args.out}: {summary['sequences']} sequences, {summary['frames']} frames; upload it at {url}")
     return 0

@@ -1,31 +1,8 @@
-"""`vcorr propagate`: a benchmark folder -> per-frame predictions in the formats the scorers read.
-
-For each sequence, frames are streamed: read (PIL) -> resized to the method's input size for
-that benchmark -> features (vcorr.features.FeatureExtractor) -> the streaming propagator of the
-method's protocol (vcorr.propagation) -> written as they come (vcorr.tasks writers). No sequence's
-features are ever held in memory at once.
-
-Outputs under `--out`:
-- DAVIS / YouTube-VOS / VIP: `<sequence>/<frame>.png`, indexed with the DAVIS palette, at the
-  annotation resolution. YouTube-VOS: only the frames of the `valid` split (the ones the server
-  evaluates); when `valid_all_frames/` sits beside the `valid` root, every raw frame is propagated
-  through, as HVC does.
-- JHMDB: `<action>/<clip>.npy`, float `[2, 15, T]` (x, y) coordinates, as `vcorr score jhmdb` reads.
-- `.vcorr-propagate[.shard-I-of-N].json`: method, resolved settings, and the frames every
-  sequence of the run must have (what `vcorr export` checks).
-
-Restartable: each sequence is written into a temporary folder (file, for JHMDB) renamed into place
-when complete, so complete sequences are skipped on a rerun and partial ones redone. A rerun with
-different settings into the same folder is refused rather than mixing two methods' outputs.
-"""
+"""`vcorr propagate`: arguments for `vcorr.evaluation.pipeline.propagate_benchmark`."""
 
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 SHARD_HELP = "i/n: propagate only sequences i, i+n, i+2n, ... of the benchmark list (0 <= i < n)"
@@ -35,9 +12,9 @@ def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "propagate",
         help="propagate first-frame labels through a benchmark with a method's encoder(s)",
-        description=__doc__.split("\n\n")[0],
+        description="A benchmark folder -> per-frame predictions in the formats the scorers read.",
     )
-    parser.add_argument("--benchmark", required=True, help="davis17, davis16, davis17dev, ytvos18, ytvos19, jhmdb or vip")
+    parser.add_argument("--benchmark", required=True, help="a benchmark of config/benchmarks.yaml (davis17, jhmdb, vip, ...)")
     parser.add_argument("--data-root", required=True, type=Path, metavar="DIR",
                         help="dataset root as the official tools take it (for DAVIS the folder holding JPEGImages/)")
     parser.add_argument("--method-config", required=True, metavar="NAME-or-FILE",
@@ -48,277 +25,18 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     parser.add_argument("--amp", action="store_true", help="float16 autocast for the encoders on CUDA (off by default)")
     parser.add_argument("--weights-root", type=Path, default=Path("resources/data"), metavar="DIR",
-                        help="weights are read as <weights-root>/<id>/<file> (default: resources/data)")
+                        help="registry weights are read as <weights-root>/<id>/<file> (default: resources/data)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a protocol parameter or size for this benchmark (YAML value), repeatable")
     parser.set_defaults(func=run)
 
 
-def parse_shard(text: str | None) -> tuple[int, int] | None:
-    from vcorr.errors import VcorrError
-
-    if text is None:
-        return None
-    index, _, count = text.partition("/")
-    try:
-        shard = int(index), int(count)
-    except ValueError:
-        raise VcorrError(f"--shard {text!r}: expected i/n with integers, e.g. 0/4") from None
-    if not 0 <= shard[0] < shard[1]:
-        raise VcorrError(f"--shard {text!r}: need 0 <= i < n")
-    return shard
-
-
-def select_sequences(all_sequences: list[str], wanted: list[str] | None, shard: tuple[int, int] | None) -> list[str]:
-    """`--sequences` then `--shard`; the shards of one list partition it (round robin, balanced)."""
-    from vcorr.errors import VcorrError
-
-    selected = all_sequences
-    if wanted:
-        unknown = [name for name in wanted if name not in all_sequences]
-        if unknown:
-            raise VcorrError(f"--sequences: not in the benchmark: {', '.join(unknown)}")
-        selected = [name for name in all_sequences if name in set(wanted)]
-    if shard:
-        selected = selected[shard[0] :: shard[1]]
-    return selected
-
-
-@dataclass
-class SequencePlan:
-    """Everything needed to propagate one sequence and know when its output is complete."""
-
-    name: str
-    images: list[Path]  # frames walked through, in temporal order
-    frames: list[str]  # their stems
-    annotations: dict[str, Path]  # frame stem -> label file (JHMDB: the clip's .mat under every frame)
-    written: list[str]  # frame stems whose predictions are written
-    label_size: tuple[int, int]  # (H, W) of the annotations = of the written outputs
-
-
-def plan_sequences(benchmark: str, task: str, root: Path) -> dict[str, SequencePlan]:
-    from vcorr.data.layouts import benchmark_frames
-
-    table = benchmark_frames(benchmark, root)
-    plans = {}
-    for name, rows in table.groupby("sequence", sort=False):
-        frames = list(rows["frame"])
-        annotations = {frame: Path(path) for frame, path in zip(rows["frame"], rows["annotation"]) if path}
-        first = rows.iloc[0]
-        plan = SequencePlan(
-            name=name,
-            images=[Path(path) for path in rows["image"]],
-            frames=frames,
-            annotations=annotations,
-            written=frames,
-            label_size=(int(first["height"]), int(first["width"])),
-        )
-        if benchmark.startswith("ytvos"):
-            _walk_all_frames(plan, root)
-        plans[name] = plan
-    return plans
-
-
-def _walk_all_frames(plan: SequencePlan, root: Path) -> None:
-    """YouTube-VOS: walk every raw frame from `valid_all_frames/` when it sits beside `valid/`."""
-    all_frames_dir = Path(root).parent / "valid_all_frames" / "JPEGImages" / plan.name
-    images = sorted(all_frames_dir.glob("*.jpg"))
-    if not images:
-        return
-    stems = [image.stem for image in images]
-    absent = [frame for frame in plan.written if frame not in set(stems)]
-    if absent:
-        from vcorr.errors import VcorrError
-
-        raise VcorrError(f"{all_frames_dir}: lacks frame(s) {', '.join(absent[:5])} of the valid split")
-    start = stems.index(plan.written[0])  # nothing before the first valid frame is evaluated
-    plan.images, plan.frames = images[start:], stems[start:]
-
-
-def resolved_record(args, method, settings, plans, selected, all_sequences, shard) -> dict:
-    from vcorr import __version__
-
-    frames_source = {name: str(plans[name].images[0].parent) for name in selected[:1]}
-    return {
-        "vcorr_version": __version__,
-        "benchmark": args.benchmark,
-        "data_root": str(args.data_root),
-        "method": method.as_dict(),
-        "settings": settings.as_dict(),
-        "frames_source_example": frames_source,
-        "selection": {"sequences": args.sequences, "shard": list(shard) if shard else None},
-        "sequences": {name: plans[name].written for name in selected},
-        "benchmark_sequences": all_sequences,
-    }
-
-
-def _comparable(record: dict) -> dict:
-    method = {key: value for key, value in record["method"].items() if key != "source"}
-    return {"benchmark": record["benchmark"], "method": method, "settings": record["settings"]}
-
-
-def check_existing_records(out: Path, record: dict) -> None:
-    """Refuse to mix: complete sequences are only skipped when they were made the same way."""
-    from vcorr.errors import VcorrError
-    from vcorr.export import read_records
-
-    for existing in read_records(out):
-        if _comparable(existing) != _comparable(record):
-            raise VcorrError(
-                f"{existing['_path']}: {out} holds predictions made with other settings "
-                f"({json.dumps(_comparable(existing)['settings'])} of method {existing['method'].get('name')}); "
-                "delete the folder or choose another --out"
-            )
-
-
-def output_path(out: Path, task: str, sequence: str) -> Path:
-    return out / f"{sequence}.npy" if task == "jhmdb" else out / sequence
-
-
-def remove_partial_outputs(out: Path, task: str, sequence: str) -> None:
-    """Temporary leftovers of an interrupted run on this sequence (atomic_dir / atomic_file names)."""
-    target = output_path(out, task, sequence)
-    for leftover in target.parent.glob(f".{target.name}.*.tmp"):
-        if leftover.is_dir():
-            shutil.rmtree(leftover)
-        else:
-            leftover.unlink()
-
-
-def read_frame(path: Path, size: tuple[int, int]) -> "np.ndarray":
-    """uint8 RGB `[H, W, 3]` at the encoder's input size (bilinear, as the seeds' cv2 resizes)."""
-    import cv2
-    import numpy as np
-    from PIL import Image, UnidentifiedImageError
-
-    from vcorr.errors import VcorrError
-
-    try:
-        with Image.open(path) as image:
-            frame = np.array(image.convert("RGB"))
-    except (FileNotFoundError, UnidentifiedImageError, OSError) as error:
-        raise VcorrError(f"{path}: unreadable frame ({error})") from None
-    if frame.shape[:2] != tuple(size):
-        frame = cv2.resize(frame, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
-    return frame
-
-
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+    from vcorr.evaluation.pipeline import parse_shard, propagate_benchmark
 
-    from vcorr.errors import VcorrError
-    from vcorr.export import record_path
-    from vcorr.io import write_json
-    from vcorr.methods import load_method
-    from vcorr.registry import registry_entry
-
-    benchmark = registry_entry("benchmarks", args.benchmark)
-    method = load_method(args.method_config)
-    settings = method.settings_for(args.benchmark, args.overrides)
-    method.check_weights(args.weights_root)
-    shard = parse_shard(args.shard)
-
-    plans = plan_sequences(args.benchmark, benchmark["task"], args.data_root)
-    all_sequences = list(plans)
-    selected = select_sequences(all_sequences, args.sequences, shard)
-    record = resolved_record(args, method, settings, plans, selected, all_sequences, shard)
-    args.out.mkdir(parents=True, exist_ok=True)
-    check_existing_records(args.out, record)
-    write_json(record_path(args.out, shard), record)
-
-    todo = [name for name in selected if not output_path(args.out, benchmark["task"], name).exists()]
-    print(
-        f"vcorr propagate: {args.benchmark} with {method.name} ({settings.protocol} "
-        f"{json.dumps(settings.params)}, size {settings.size}); {len(selected)} sequence(s) selected, "
-        f"{len(selected) - len(todo)} already complete"
-    )
-    if not todo:
-        return 0
-
-    from vcorr.features import FeatureExtractor
-
-    extractor = FeatureExtractor(
-        method.encoders, method.fusion, method.input, args.weights_root, device=args.device, amp=args.amp
-    )
-    for number, name in enumerate(todo, start=1):
-        plan = plans[name]
-        remove_partial_outputs(args.out, benchmark["task"], name)
-        progress = tqdm(total=len(plan.frames), desc=f"[{number}/{len(todo)}] {name}", unit="frame", leave=False)
-        try:
-            propagate_sequence(plan, benchmark["task"], args.benchmark, extractor, settings, args.out, progress)
-        finally:
-            progress.close()
+    propagate_benchmark(
+        args.benchmark, args.data_root, args.method_config, args.out,
+        sequences=args.sequences, shard=parse_shard(args.shard), device=args.device, amp=args.amp,
+        weights_root=args.weights_root, overrides=args.overrides,
+    )  # fmt: skip
     return 0
-
-
-def initial_labels(plan: SequencePlan, task: str, benchmark: str) -> tuple["np.ndarray", dict[int, "np.ndarray"]]:
-    """First frame's id map, and (YouTube-VOS) `{t: ids of the objects first annotated at t}`.
-
-    Labels stay at the annotation resolution: the protocols downsample them to the feature grid
-    themselves and return their outputs at this resolution, which is what the scorers compare.
-    """
-    from vcorr.errors import VcorrError
-    from vcorr.io import read_index_png
-    from vcorr.tasks import late_objects, vip_labels
-
-    first = plan.annotations.get(plan.frames[0])
-    if first is None:
-        raise VcorrError(f"sequence {plan.name}: its first frame {plan.frames[0]} has no annotation")
-    label0 = read_index_png(first)
-    if task == "vip":
-        return vip_labels(label0), {}
-    if not benchmark.startswith("ytvos"):
-        return label0, {}
-    later = (
-        (index, read_index_png(plan.annotations[frame]))
-        for index, frame in enumerate(plan.frames[1:], start=1)
-        if frame in plan.annotations
-    )
-    return label0, late_objects(label0, later)
-
-
-def feature_stream(plan: SequencePlan, extractor, settings, progress) -> Iterator:
-    """Features of each frame in turn, computed only when the propagator asks for them."""
-    height, width = plan.label_size
-    size = settings.input_size(height, width)
-    for image in plan.images:
-        yield extractor.extract(read_frame(image, size))
-        progress.update()
-
-
-def propagate_sequence(plan: SequencePlan, task: str, benchmark: str, extractor, settings, out: Path, progress) -> None:
-    from vcorr.io import atomic_dir
-    from vcorr.propagation import propagate_stream
-    from vcorr.tasks import IndexPngWriter
-
-    if task == "jhmdb":
-        propagate_keypoints(plan, extractor, settings, out, progress)
-        return
-
-    label0, late = initial_labels(plan, task, benchmark)
-    written = set(plan.written)
-    with atomic_dir(output_path(out, task, plan.name)) as folder:
-        writer = IndexPngWriter(folder)
-        stream = propagate_stream(
-            feature_stream(plan, extractor, settings, progress), label0, settings.protocol, late=late or None,
-            **settings.params,
-        )
-        for frame, result in zip(plan.frames, stream):
-            if frame in written:
-                writer.write(frame, result.ids)
-
-
-def propagate_keypoints(plan: SequencePlan, extractor, settings, out: Path, progress) -> None:
-    """JHMDB: frame-0 joint heat maps (original resolution) propagated, read out as `[2, 15, T]`
-    coordinates at the original resolution, which `vcorr score jhmdb` compares with the joints."""
-    from vcorr.propagation import propagate_stream
-    from vcorr.tasks import KeypointWriter, jhmdb_first_heatmaps, keypoint_coords
-
-    heatmaps = jhmdb_first_heatmaps(plan.annotations[plan.frames[0]], plan.label_size)
-    writer = KeypointWriter()
-    stream = propagate_stream(
-        feature_stream(plan, extractor, settings, progress), heatmaps, settings.protocol, **settings.params
-    )
-    for result in stream:
-        writer.add(keypoint_coords(result.soft, settings.protocol, plan.label_size))
-    writer.save(output_path(out, "jhmdb", plan.name))

@@ -35,8 +35,10 @@ def add_parser(subparsers) -> None:
 
     crosscheck = actions.add_parser(
         "crosscheck-davis", help="compare vcorr's J&F with the official davis2017-evaluation (DAVIS-2017)")
-    crosscheck.add_argument("--davis-root", required=True, type=Path)
-    crosscheck.add_argument("--results", required=True, type=Path)
+    crosscheck.add_argument("--data-root", "--davis-root", dest="data_root", required=True, type=Path,
+                            help="the DAVIS root (--davis-root: deprecated spelling)")
+    crosscheck.add_argument("--predictions", "--results", dest="predictions", required=True, type=Path,
+                            help="the `vcorr propagate --out` folder (--results: deprecated spelling)")
     crosscheck.add_argument("--subset", default="val")
     crosscheck.add_argument("--scores", required=True, type=Path, help="the JSON of `vcorr score davis`")
     crosscheck.add_argument("--tolerance", type=float, default=1e-6)
@@ -72,6 +74,6 @@ def run_crosscheck(args: argparse.Namespace) -> int:
     from vcorr.io import write_json
     from vcorr.report import crosscheck_davis
 
-    write_json(args.out, crosscheck_davis(args.davis_root, args.results, args.subset, args.scores, args.tolerance))
+    write_json(args.out, crosscheck_davis(args.data_root, args.predictions, args.subset, args.scores, args.tolerance))
     print(f"{args.out}: vcorr and davis2017-evaluation agree")
     return 0

@@ -21,7 +21,7 @@ from pathlib import Path, PurePosixPath
 from tqdm import tqdm
 
 from vcorr.data.fetch import files_to_use, verify
-from vcorr.data.registry import DataFile, Dataset, dataset
+from vcorr.data.datasets import DataFile, Dataset, dataset
 from vcorr.errors import VcorrError
 from vcorr.io import atomic_dir, write_json
 

@@ -33,7 +33,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from tqdm import tqdm
 
-from vcorr.data.registry import DataFile, Dataset, dataset
+from vcorr.data.datasets import DataFile, Dataset, dataset
 from vcorr.errors import VcorrError
 from vcorr.io import apply_umask, atomic_file, sha256_file
 
@@ -275,9 +275,14 @@ def download(url: str, target: Path, sha256: str | None, policy: RetryPolicy, ar
     return digest
 
 
+def stands_in_for_a_present_file(item: DataFile, folder: Path) -> bool:
+    """An alternative (e.g. JHMDB's videos) whose preferred file is in `folder`: not used."""
+    return bool(item.alternative_to) and (folder / item.alternative_to).is_file()
+
+
 def files_to_use(entry: Dataset, folder: Path) -> list[DataFile]:
     """The entry's files minus those standing in for an alternative that is present."""
-    return [item for item in entry.files if not (item.alternative_to and (folder / item.alternative_to).is_file())]
+    return [item for item in entry.files if not stands_in_for_a_present_file(item, folder)]
 
 
 def fetch(dataset_id: str, downloads: Path, mirror: str | None = None, policy: RetryPolicy = RetryPolicy()) -> list[Path]:
@@ -294,7 +299,7 @@ def fetch(dataset_id: str, downloads: Path, mirror: str | None = None, policy: R
     folder = Path(downloads) / entry.id
     fetched, absent = [], []
     for item in entry.files:
-        if item.alternative_to and (folder / item.alternative_to).is_file():
+        if stands_in_for_a_present_file(item, folder):
             continue  # the file it stands in for is here (placed, or fetched above: files go in order)
         target = folder / item.name
         if target.is_file():

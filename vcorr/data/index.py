@@ -15,25 +15,14 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from vcorr.data.benchmarks import benchmark
 from vcorr.data.layouts import COLUMNS, benchmark_frames, image_size, missing_sequences
-from vcorr.data.registry import dataset
+from vcorr.data.datasets import dataset
 from vcorr.errors import VcorrError
 from vcorr.io import atomic_file, read_index_png
 
 INDEX_COLUMNS = ["split", *COLUMNS, "objects"]
 WEIGHT_COLUMNS = ["split", "file", "path", "bytes"]
-
-# How a benchmark counts a sequence's objects: the ids of its first frame's label (DAVIS gives
-# every object there), those ids merged into one (DAVIS-2016), or the ids over all its label
-# files (YouTube-VOS labels each object on its first appearance). JHMDB and VIP have no objects.
-_OBJECT_COUNTING = {
-    "davis17": "first",
-    "davis17dev": "first",
-    "davis16": "merged",
-    "ytvos18": "all",
-    "ytvos19": "all",
-}
-
 
 @dataclass
 class IndexReport:
@@ -42,6 +31,9 @@ class IndexReport:
 
 
 def _count_objects(labels: list[str], counting: str) -> int:
+    """Counting (benchmarks.yaml `objects`): the ids of the first label file (DAVIS gives every
+    object there), those merged into one (DAVIS-2016), or the ids over all the label files
+    (YouTube-VOS labels each object on its first appearance)."""
     files = [label for label in labels if label]
     if counting != "all":
         files = files[:1]
@@ -51,8 +43,10 @@ def _count_objects(labels: list[str], counting: str) -> int:
     return min(len(ids), 1) if counting == "merged" else len(ids)
 
 
-def _benchmark_part(benchmark: str, root: Path, with_sizes: bool) -> tuple[pd.DataFrame, list[str]]:
-    missing = missing_sequences(benchmark, root)
+def _benchmark_part(name: str, data_folder: Path, with_sizes: bool) -> tuple[pd.DataFrame, list[str]]:
+    entry = benchmark(name)
+    root = Path(data_folder) / entry.root
+    missing = missing_sequences(name, root)
     problems = []
     if missing:
         names = list(missing)
@@ -60,8 +54,8 @@ def _benchmark_part(benchmark: str, root: Path, with_sizes: bool) -> tuple[pd.Da
         first_path = missing[names[0]][0]
         problems.append(f"{len(names)} listed sequences missing ({first_path} absent, ...): "
                         f"{', '.join(names[:10])}{more}")
-    table = benchmark_frames(benchmark, root, with_sizes=with_sizes, skip_missing=True)
-    counting = _OBJECT_COUNTING.get(benchmark)
+    table = benchmark_frames(name, root, with_sizes=with_sizes, skip_missing=True)
+    counting = entry.objects
     if counting:
         objects = table.groupby("sequence", sort=False)["annotation"].agg(lambda labels: _count_objects(list(labels), counting))
         table["objects"] = table.sequence.map(objects).astype("Int64")
@@ -109,7 +103,7 @@ def build_index(dataset_id: str, data_dir: Path, with_sizes: bool = True) -> Ind
             )
         else:
             if "benchmark" in spec:
-                table, missing = _benchmark_part(spec["benchmark"], folder / entry.root, with_sizes)
+                table, missing = _benchmark_part(spec["benchmark"], folder, with_sizes)
                 problems += [f"{split}: {problem}" for problem in missing]
             else:
                 table = _images_part(folder, spec["images"], with_sizes)

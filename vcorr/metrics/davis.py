@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from vcorr.errors import VcorrError
-from vcorr.metrics.fastpng import read_ids
+from vcorr.io_png import read_ids
 
 VOID_ID = 255
 BOUNDARY_THRESHOLD = 0.008
@@ -259,10 +259,12 @@ def score_sequence(task: SequenceTask) -> SequenceScores:
 
 
 def sequence_names(davis_root: Path, subset: str, year: int) -> list[str]:
-    list_file = Path(davis_root) / "ImageSets" / str(year) / f"{subset}.txt"
+    from vcorr.data.readers import davis_image_set, read_names
+
+    list_file = davis_image_set(davis_root, subset, year)
     if not list_file.is_file():
         raise VcorrError(f"{list_file}: no such sequence list: unknown subset {subset!r} for DAVIS-{year}")
-    return [line.strip() for line in list_file.read_text().splitlines() if line.strip()]
+    return read_names(list_file)
 
 
 def sequence_tasks(davis_root: Path, results_dir: Path, subset: str, year: int) -> list[SequenceTask]:

@@ -9,7 +9,6 @@ import numpy as np
 
 from vcorr.errors import VcorrError
 
-N_JOINTS = 15
 TOP_K = 5
 DEFAULT_ALPHAS = (0.1, 0.2, 0.3, 0.4, 0.5)
 

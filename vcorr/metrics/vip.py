@@ -9,7 +9,6 @@ import numpy as np
 from vcorr.errors import VcorrError
 
 N_CLASSES = 20  # background + 19 parts
-IGNORE_ID = 255
 
 
 def resize_nearest(ids: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

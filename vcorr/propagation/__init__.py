@@ -10,13 +10,14 @@ Entry points:
 
 `propagate` is `propagate_stream` collected: there is one code path. Parameters:
 crw: ``cxt_size, radius, topk, temp`` (+ ``num_channels=20``); stt: ``precede, topk, temp,
-nrange, with_first=True, with_first_neighbor=True``; both: ``tile_size=None`` (query tile
+nrange, with_first_neighbor=True``; both: ``tile_size=None`` (query tile
 (rows, cols), speed only; None picks one by context size) and
 ``affinity_dtype="float32"`` (opt-in "float16" / "bfloat16" affinities; not exact).
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
@@ -48,10 +49,19 @@ class PropagationResult:
 def make_propagator(protocol: str, label0, **params) -> CRWPropagator | STTPropagator:
     if protocol not in PROTOCOLS:
         raise VcorrError(f"unknown propagation protocol {protocol!r} (known: {sorted(PROTOCOLS)})")
-    try:
-        return PROTOCOLS[protocol](label0, **params)
-    except TypeError as error:
-        raise VcorrError(f"protocol {protocol}: bad parameters ({error})") from None
+    propagator = PROTOCOLS[protocol]
+    accepted = {
+        name: parameter
+        for name, parameter in inspect.signature(propagator).parameters.items()
+        if parameter.kind is inspect.Parameter.KEYWORD_ONLY
+    }
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        raise VcorrError(f"protocol {protocol}: bad parameters: unknown {', '.join(unknown)} (accepted: {', '.join(accepted)})")
+    missing = [name for name, parameter in accepted.items() if parameter.default is inspect.Parameter.empty and name not in params]
+    if missing:
+        raise VcorrError(f"protocol {protocol}: bad parameters: missing {', '.join(missing)}")
+    return propagator(label0, **params)
 
 
 def propagate_stream(

@@ -55,6 +55,15 @@ def ordered_topk(values: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tens
     return top_values, top_index.gather(1, by_value)
 
 
+def _require_layout(tensor: torch.Tensor, shape: tuple[int, ...], what: str) -> None:
+    """Flat indexing (`view(-1)[...]`) is only right on a contiguous tensor of this shape."""
+    if tuple(tensor.shape) != tuple(shape) or not tensor.is_contiguous():
+        raise RuntimeError(
+            f"{what}: expected a contiguous tensor of shape {tuple(shape)}, got {tuple(tensor.shape)} "
+            f"(contiguous: {tensor.is_contiguous()}); the flat indexing would read the wrong entries"
+        )
+
+
 def _pad_candidates(
     values: torch.Tensor, rows: torch.Tensor, k: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -213,6 +222,10 @@ class ContextMemory:
         """Candidates of the windowed entries `slots` (in context order, repeats included):
         every entry at the k best key positions of each query, ordered by (position, entry)."""
         n_rows, n_queries, n_cols, n_slots = scores.shape
+        # The flat indices below address these exact layouts (built by _windowed_scores and make_tiles).
+        _require_layout(scores, scores.shape, "windowed scores [R, Q, Cn, slot]")
+        _require_layout(tile.mask, (n_rows, n_queries, n_cols), "tile mask [R, Q, Cn]")
+        _require_layout(tile.key_index, (n_rows, n_cols), "tile key index [R, Cn]")
         _, best = ordered_topk(position_maxima, min(k, position_maxima.shape[1]))
         best, _ = best.sort(dim=1)  # back to raster order
         key_row, key_col = best // n_cols, best % n_cols

@@ -259,8 +259,8 @@ class CRWPropagator(_Propagator):
 
 
 class STTPropagator(_Propagator):
-    """Protocol "stt": keys = frame 0 (with_first) then frames ``max(0, t-P) .. t-1``, square
-    window ``|d| <= R // 2`` on every entry (frame 0 unrestricted without with_first_neighbor)."""
+    """Protocol "stt": keys = frame 0 then frames ``max(0, t-P) .. t-1``, square window
+    ``|d| <= R // 2`` on every entry (frame 0 unrestricted without with_first_neighbor)."""
 
     def __init__(
         self,
@@ -270,7 +270,6 @@ class STTPropagator(_Propagator):
         topk: int,
         temp: float,
         nrange: int,
-        with_first: bool = True,
         with_first_neighbor: bool = True,
         tile_size=None,
         affinity_dtype: str = "float32",
@@ -278,8 +277,7 @@ class STTPropagator(_Propagator):
         super().__init__(label0, topk, temp, tile_size, affinity_dtype)
         self.precede = int(precede)
         self.window = Window.square(nrange)
-        self.with_first = bool(with_first)
-        self.first_dense = self.with_first and not bool(with_first_neighbor)
+        self.first_dense = not bool(with_first_neighbor)
         self.capacity = self.precede + 1  # frame 0 stays, plus the last P frames
 
     def _start(self, features, labels):
@@ -312,7 +310,7 @@ class STTPropagator(_Propagator):
             raise VcorrError("objects that appear later are defined for protocol crw only")
         t, memory = self.t, self.memory
         frames = list(range(max(0, t - self.precede), t))
-        if self.with_first and not self.first_dense:
+        if not self.first_dense:
             frames = [0] + frames
         context = ContextList(
             dense=0 if self.first_dense else None,

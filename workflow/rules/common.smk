@@ -21,16 +21,46 @@ REGISTRY_DIR = (REPOSITORY / (config["registries"] or "config")).resolve()
 
 
 def read_registry(name):
+    """A registry, checked against workflow/schemas/<name>.schema.yaml: a typo fails the DAG
+    (and so `snakemake -n`) with the file and the key, not a job later."""
+    import jsonschema
+
     path = REGISTRY_DIR / f"{name}.yaml"
     if not path.is_file():
         raise WorkflowError(f"{path}: registry missing (config key `registries`: {config['registries']})")
     # libyaml's loader when present: the registries are read on every invocation (~5x faster).
-    return yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    try:
+        data = yaml.load(path.read_text(), Loader=loader) or {}
+    except yaml.YAMLError as error:
+        raise WorkflowError(f"{path}: invalid YAML ({error})")
+    schema = yaml.load(Path(workflow.basedir, "schemas", f"{name}.schema.yaml").read_text(), Loader=loader)
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(data))
+    if error is not None:
+        key = ".".join(str(part) for part in error.absolute_path) or "(top level)"
+        raise WorkflowError(f"{path}: {key}: {error.message}")
+    return data
 
 
 DATASETS = read_registry("datasets")
 BENCHMARKS = read_registry("benchmarks")
 METHODS = read_registry("methods")
+
+
+def check_references():
+    """Names a method takes from the other registries (a benchmark's dataset is checked when
+    it is requested: a registry folder may hold only the datasets it evaluates)."""
+    for name, entry in METHODS.items():
+        for benchmark in entry["benchmarks"]:
+            if benchmark not in BENCHMARKS:
+                raise WorkflowError(f"{REGISTRY_DIR / 'methods.yaml'}: {name}.benchmarks.{benchmark}: not a benchmark of benchmarks.yaml")
+        for index, encoder in enumerate(entry["encoders"]):
+            weights_id = (encoder.get("weights") or {}).get("id")
+            if weights_id is not None and weights_id not in DATASETS:
+                raise WorkflowError(f"{REGISTRY_DIR / 'methods.yaml'}: {name}.encoders.{index}.weights.id: '{weights_id}' is not in datasets.yaml")
+
+
+check_references()
 
 # Datasets with archives of their own (a derived set such as davis16 reuses another's folder).
 DOWNLOADED_DATASETS = [
@@ -123,22 +153,28 @@ def benchmark_data(wildcards):
 # --- weights ---------------------------------------------------------------------------------
 
 
+WEIGHTS_ROOT = "resources/data"
+
+
+def weights_file(weights):
+    """The one place the DAG builds a checkpoint's path (vcorr's is WeightsSource.resolve):
+    a file the workflow produces (`{path, format}`, e.g. a trained model under results/), or a
+    registry download unpacked to resources/data/<id>/<file> (`{id, file, format}`)."""
+    return weights["path"] if "path" in weights else f"{WEIGHTS_ROOT}/{weights['id']}/{weights['file']}"
+
+
 def method_weights(method):
-    """resources/data/<id>/<file> of every released checkpoint the method reads."""
-    return [
-        f"resources/data/{encoder['weights']['id']}/{encoder['weights']['file']}"
-        for encoder in METHODS[method]["encoders"]
-        if encoder.get("weights")
-    ]
+    """Every checkpoint the method reads: an input, so replacing one reruns what used it."""
+    return [weights_file(encoder["weights"]) for encoder in METHODS[method]["encoders"] if encoder.get("weights")]
 
 
 def weights_in_use():
-    """{weights id: [files]} over every method of the registry."""
+    """{weights id: [files]} of the registry downloads every method of the registry reads."""
     files = {}
     for method in METHODS.values():
         for encoder in method["encoders"]:
-            if encoder.get("weights"):
-                weights = encoder["weights"]
+            weights = encoder.get("weights") or {}
+            if "id" in weights:
                 files.setdefault(weights["id"], set()).add(weights["file"])
     return {weights_id: sorted(names) for weights_id, names in files.items()}
 
@@ -214,9 +250,26 @@ def evaluate_timing(benchmark, method):
     return f"logs/benchmarks/{stage}/{benchmark}/{method}.tsv"
 
 
-def registry_list(benchmark):
-    """The split list a scorer takes (e.g. JHMDB's), from the registry folder."""
-    return str(REGISTRY_DIR / BENCHMARKS[benchmark]["split_list"])
+def benchmarks_scored_locally():
+    return [name for name, entry in BENCHMARKS.items() if entry["scorer"] != "server"]
+
+
+def scorer_lists(wildcards):
+    """The list shipped in the registry folder that a scorer reads (JHMDB's split), as an input."""
+    entry = BENCHMARKS[wildcards.benchmark]
+    return {"split": str(REGISTRY_DIR / entry["split_list"])} if entry["scorer"] == "jhmdb" else {}
+
+
+def scorer_arguments(wildcards, input, threads):
+    """What one scorer takes beyond --data-root/--predictions/--out (the rest from --benchmark).
+
+    DAVIS's official CSVs go into a folder beside the rule's output, never into its input."""
+    scorer = BENCHMARKS[wildcards.benchmark]["scorer"]
+    if scorer == "davis":
+        return f"--jobs {threads} --csv-dir results/scores/{wildcards.benchmark}/{wildcards.method}.official"
+    if scorer == "jhmdb":
+        return f"--split {input.split}"
+    return ""
 
 
 def job_resources(stage):

@@ -15,6 +15,7 @@ rule propagate:
         overrides=lambda wildcards: parameter_overrides(wildcards.benchmark),
         shard=shard_argument,
         device=config["propagation"]["device"],
+        weights_root=WEIGHTS_ROOT,
     log:
         "logs/propagate/{benchmark}/{method}.{part}.log",
     benchmark:
@@ -26,5 +27,5 @@ rule propagate:
         "../../envs/vcorr.yaml"
     shell:
         "vcorr propagate --benchmark {wildcards.benchmark} --data-root {params.data_root}"
-        " --method-config {wildcards.method} --weights-root resources/data --device {params.device}"
+        " --method-config {wildcards.method} --weights-root {params.weights_root} --device {params.device}"
         " {params.shard} {params.overrides} --out {output} > {log} 2>&1"

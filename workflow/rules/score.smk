@@ -2,18 +2,19 @@
 # DAVIS test-dev) the submission archive, never a made-up score.
 
 
-rule score_davis:
+rule score:
     input:
         unpack(benchmark_data),
+        unpack(scorer_lists),
         predictions="results/predictions/{benchmark}/{method}/all",
     output:
         "results/scores/{benchmark}/{method}.json",
     params:
+        scorer=lambda wildcards: BENCHMARKS[wildcards.benchmark]["scorer"],
         root=lambda wildcards: data_root(wildcards.benchmark),
-        subset=lambda wildcards: BENCHMARKS[wildcards.benchmark]["subset"],
-        year=lambda wildcards: BENCHMARKS[wildcards.benchmark]["year"],
+        extra=scorer_arguments,
     wildcard_constraints:
-        benchmark=one_of(benchmarks_scored_by("davis")),
+        benchmark=one_of(benchmarks_scored_locally()),
     log:
         "logs/score/{benchmark}/{method}.log",
     benchmark:
@@ -24,56 +25,8 @@ rule score_davis:
     conda:
         "../../envs/vcorr.yaml"
     shell:
-        "vcorr score davis --davis-root {params.root} --results {input.predictions}"
-        " --subset {params.subset} --year {params.year} --jobs {threads} --out {output} > {log} 2>&1"
-
-
-rule score_jhmdb:
-    input:
-        unpack(benchmark_data),
-        predictions="results/predictions/{benchmark}/{method}/all",
-        split=lambda wildcards: registry_list(wildcards.benchmark),
-    output:
-        "results/scores/{benchmark}/{method}.json",
-    params:
-        root=lambda wildcards: data_root(wildcards.benchmark),
-    wildcard_constraints:
-        benchmark=one_of(benchmarks_scored_by("jhmdb")),
-    log:
-        "logs/score/{benchmark}/{method}.log",
-    benchmark:
-        "logs/benchmarks/score/{benchmark}/{method}.tsv"
-    threads: job_resources("score")["cpus_per_task"]
-    resources:
-        **job_resources("score"),
-    conda:
-        "../../envs/vcorr.yaml"
-    shell:
-        "vcorr score jhmdb --jhmdb-root {params.root} --split {input.split}"
-        " --predictions {input.predictions} --out {output} > {log} 2>&1"
-
-
-rule score_vip:
-    input:
-        unpack(benchmark_data),
-        predictions="results/predictions/{benchmark}/{method}/all",
-    output:
-        "results/scores/{benchmark}/{method}.json",
-    params:
-        root=lambda wildcards: data_root(wildcards.benchmark),
-    wildcard_constraints:
-        benchmark=one_of(benchmarks_scored_by("vip")),
-    log:
-        "logs/score/{benchmark}/{method}.log",
-    benchmark:
-        "logs/benchmarks/score/{benchmark}/{method}.tsv"
-    threads: job_resources("score")["cpus_per_task"]
-    resources:
-        **job_resources("score"),
-    conda:
-        "../../envs/vcorr.yaml"
-    shell:
-        "vcorr score vip --vip-root {params.root} --results {input.predictions} --out {output} > {log} 2>&1"
+        "vcorr score {params.scorer} --benchmark {wildcards.benchmark} --data-root {params.root}"
+        " --predictions {input.predictions} --out {output} {params.extra} > {log} 2>&1"
 
 
 rule export:
@@ -120,5 +73,5 @@ rule crosscheck_davis:
     conda:
         "../../envs/davis2017-eval.yaml"
     shell:
-        "vcorr report crosscheck-davis --davis-root {params.root} --results {input.predictions}"
+        "vcorr report crosscheck-davis --data-root {params.root} --predictions {input.predictions}"
         " --subset {params.subset} --scores {input.scores} --out {output} > {log} 2>&1"

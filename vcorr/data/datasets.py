@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vcorr.errors import VcorrError
-from vcorr.registry import load_registry, registry_entry
+from vcorr.config import load_registry, registry_entry
 
 
 @dataclass(frozen=True)
@@ -33,9 +33,6 @@ class Dataset:
     derived_from: str | None = None
     flatten: bool = False
     index: dict = field(default_factory=dict)
-
-    def file(self, name: str) -> DataFile:
-        return next(item for item in self.files if item.name == name)
 
     def where_to_get(self, downloads: Path) -> str:
         """The instructions a manual-only set prints: where to download, where to put the files."""

@@ -16,11 +16,12 @@ from typing import Any
 import yaml
 
 from vcorr.errors import VcorrError
-from vcorr.registry import config_dir, load_registry
+from vcorr.config import config_dir, load_registry
 
 INPUTS = ("imagenet_rgb", "lab")
 FUSIONS = (None, "hvc")
-WEIGHT_FORMATS = ("hvc", "moco", "stt", "crw", "vcorr")
+# How many encoders each fusion combines.
+FUSION_ENCODERS = {None: 1, "hvc": 2}
 
 # Parameters of each protocol (propagation.md) and the type each must have. A bool is not
 # accepted where a number is expected (YAML `yes` would otherwise pass as 1).
@@ -29,6 +30,78 @@ PROTOCOL_PARAMS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "stt": {"precede": int, "topk": int, "temp": (int, float), "nrange": int, "with_first_neighbor": bool},
 }
 PROTOCOL_DEFAULTS: dict[str, dict[str, Any]] = {"crw": {}, "stt": {"with_first_neighbor": True}}
+
+
+@dataclass(frozen=True)
+class WeightsSource:
+    """Where an encoder's checkpoint is: a registry download, `<weights_root>/<id>/<file>`
+    (`{id, file, format}`), or a file the workflow itself produces, e.g. a trained model under
+    `results/` (`{path, format}`, relative to the working directory)."""
+
+    format: str  # a checkpoint format of vcorr.models.weights.FORMATS
+    id: str | None = None
+    file: str | None = None
+    path: str | None = None
+
+    def resolve(self, weights_root: str | Path | None) -> Path:
+        """The one place a checkpoint's path is built."""
+        if self.path is not None:
+            return Path(self.path)
+        if weights_root is None:
+            raise VcorrError(f"weights {self.id}/{self.file} need a weights root, none was given")
+        return Path(weights_root) / self.id / self.file
+
+    def how_to_get(self) -> str:
+        if self.path is not None:
+            return "a file the workflow produces: run the step that writes it first"
+        return f"get them with `vcorr data fetch {self.id}` then `vcorr data extract {self.id}`, or pass --weights-root"
+
+    def as_dict(self) -> dict[str, str]:
+        if self.path is not None:
+            return {"path": self.path, "format": self.format}
+        return {"id": self.id, "file": self.file, "format": self.format}
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    arch: str  # a vcorr.models.build_encoder name
+    weights: WeightsSource | None = None  # None: random initialisation drawn with `seed`
+    seed: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        entry: dict[str, Any] = {"arch": self.arch, "weights": self.weights.as_dict() if self.weights else None}
+        if self.seed is not None:
+            entry["seed"] = self.seed
+        return entry
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """What turns frames into features: the encoder(s), their fusion and input normalisation.
+    Validated when built (`feature_config`); `vcorr.features.FeatureExtractor` takes it as given."""
+
+    encoders: tuple[EncoderConfig, ...]
+    fusion: str | None = None
+    input: str = "imagenet_rgb"
+
+
+def feature_config(
+    encoders: Any, fusion: Any = None, input: Any = "imagenet_rgb", source: str = "method config"
+) -> FeatureConfig:
+    """`encoders` as method configs write them (a list of mappings), checked, as a FeatureConfig."""
+    if input not in INPUTS:
+        raise VcorrError(f"{source}: input '{input}' is not one of {', '.join(INPUTS)}")
+    if fusion not in FUSIONS:
+        raise VcorrError(f"{source}: fusion '{fusion}' is not null or hvc")
+    if not isinstance(encoders, list) or not encoders:
+        raise VcorrError(f"{source}: encoders must be a non-empty list")
+    expected = FUSION_ENCODERS[fusion]
+    if fusion is not None and len(encoders) != expected:
+        raise VcorrError(f"{source}: fusion {fusion} fuses exactly two encoders: needs {expected}, {len(encoders)} given")
+    if fusion is None and len(encoders) != expected:
+        raise VcorrError(f"{source}: {len(encoders)} encoders need a fusion (hvc)")
+    parsed = tuple(_encoder_config(encoder, f"{source}: encoders[{index}]") for index, encoder in enumerate(encoders))
+    return FeatureConfig(parsed, fusion, input)
 
 
 @dataclass(frozen=True)
@@ -59,11 +132,21 @@ class Method:
     name: str
     source: str  # the file it was read from (for messages and provenance)
     description: str
-    encoders: list[dict[str, Any]]
-    fusion: str | None
-    input: str
+    features: FeatureConfig
     protocol: str
     benchmarks: dict[str, dict[str, Any]]
+
+    @property
+    def encoders(self) -> tuple[EncoderConfig, ...]:
+        return self.features.encoders
+
+    @property
+    def fusion(self) -> str | None:
+        return self.features.fusion
+
+    @property
+    def input(self) -> str:
+        return self.features.input
 
     def settings_for(self, benchmark: str, overrides: list[str] | None = None) -> BenchmarkSettings:
         if benchmark not in self.benchmarks:
@@ -88,23 +171,17 @@ class Method:
         return BenchmarkSettings(self.protocol, entry, size)
 
     def weight_files(self, weights_root: str | Path) -> list[Path]:
-        """The weights files this method reads, as <weights_root>/<id>/<file>."""
-        return [
-            Path(weights_root) / encoder["weights"]["id"] / encoder["weights"]["file"]
-            for encoder in self.encoders
-            if encoder.get("weights")
-        ]
+        """The checkpoint files this method reads (see WeightsSource.resolve)."""
+        return [encoder.weights.resolve(weights_root) for encoder in self.encoders if encoder.weights]
 
     def check_weights(self, weights_root: str | Path) -> None:
         for encoder in self.encoders:
-            weights = encoder.get("weights")
-            if weights:
-                path = Path(weights_root) / weights["id"] / weights["file"]
+            if encoder.weights:
+                path = encoder.weights.resolve(weights_root)
                 if not path.is_file():
+                    label = encoder.weights.id or encoder.weights.path
                     raise VcorrError(
-                        f"{path}: missing (weights '{weights['id']}' of method '{self.name}'; get them with "
-                        f"`vcorr data fetch {weights['id']}` then `vcorr data extract {weights['id']}`, "
-                        "or pass --weights-root)"
+                        f"{path}: missing (weights '{label}' of method '{self.name}'; {encoder.weights.how_to_get()})"
                     )
 
     def as_dict(self) -> dict[str, Any]:
@@ -112,15 +189,11 @@ class Method:
             "name": self.name,
             "source": self.source,
             "description": self.description,
-            "encoders": copy.deepcopy(self.encoders),
+            "encoders": [encoder.as_dict() for encoder in self.encoders],
             "fusion": self.fusion,
             "input": self.input,
             "protocol": self.protocol,
         }
-
-
-def method_names() -> list[str]:
-    return list(load_registry("methods"))
 
 
 def load_method(name_or_file: str | Path) -> Method:
@@ -163,21 +236,7 @@ def validate_method(name: str, data: Any, source: str) -> Method:
     protocol = data["protocol"]
     if protocol not in PROTOCOL_PARAMS:
         raise VcorrError(f"{source}: protocol '{protocol}' is not one of {', '.join(PROTOCOL_PARAMS)}")
-    if data["input"] not in INPUTS:
-        raise VcorrError(f"{source}: input '{data['input']}' is not one of {', '.join(INPUTS)}")
-    fusion = data.get("fusion")
-    if fusion not in FUSIONS:
-        raise VcorrError(f"{source}: fusion '{fusion}' is not null or hvc")
-
-    encoders = data["encoders"]
-    if not isinstance(encoders, list) or not encoders:
-        raise VcorrError(f"{source}: encoders must be a non-empty list")
-    for index, encoder in enumerate(encoders):
-        _check_encoder(encoder, f"{source}: encoders[{index}]")
-    if fusion == "hvc" and len(encoders) != 2:
-        raise VcorrError(f"{source}: fusion hvc fuses exactly two encoders, {len(encoders)} given")
-    if fusion is None and len(encoders) != 1:
-        raise VcorrError(f"{source}: {len(encoders)} encoders need a fusion (hvc)")
+    features = feature_config(data["encoders"], data.get("fusion"), data["input"], source)
 
     benchmarks = data["benchmarks"]
     if not isinstance(benchmarks, dict) or not benchmarks:
@@ -187,9 +246,7 @@ def validate_method(name: str, data: Any, source: str) -> Method:
         name=name,
         source=source,
         description=str(data.get("description", "")),
-        encoders=copy.deepcopy(encoders),
-        fusion=fusion,
-        input=data["input"],
+        features=features,
         protocol=protocol,
         benchmarks=copy.deepcopy(benchmarks),
     )
@@ -205,7 +262,9 @@ def validate_method(name: str, data: Any, source: str) -> Method:
     return method
 
 
-def _check_encoder(encoder: Any, where: str) -> None:
+def _encoder_config(encoder: Any, where: str) -> EncoderConfig:
+    from vcorr.models.weights import FORMATS
+
     if not isinstance(encoder, dict) or not isinstance(encoder.get("arch"), str) or not encoder["arch"]:
         raise VcorrError(f"{where}: needs an arch (an encoder name of vcorr.models)")
     unknown = sorted(set(encoder) - {"arch", "weights", "seed"})
@@ -215,16 +274,19 @@ def _check_encoder(encoder: Any, where: str) -> None:
     if weights is None:
         if not _is_int(encoder.get("seed")):
             raise VcorrError(f"{where}: a randomly initialised encoder (weights: null) needs an integer seed")
-        return
-    if not isinstance(weights, dict) or sorted(weights) != ["file", "format", "id"]:
-        raise VcorrError(f"{where}.weights: must be null or {{id, file, format}}")
-    if weights["format"] not in WEIGHT_FORMATS:
-        raise VcorrError(f"{where}.weights.format '{weights['format']}' is not one of {', '.join(WEIGHT_FORMATS)}")
+        return EncoderConfig(encoder["arch"], None, encoder["seed"])
+    if not isinstance(weights, dict) or sorted(weights) not in (["file", "format", "id"], ["format", "path"]):
+        raise VcorrError(f"{where}.weights: must be null or {{id, file, format}} (a registry download) or {{path, format}} (a file the workflow produces)")
+    if weights["format"] not in FORMATS:
+        raise VcorrError(f"{where}.weights.format '{weights['format']}' is not one of {', '.join(FORMATS)}")
     if "seed" in encoder:
         raise VcorrError(f"{where}: seed is only for random init (weights: null)")
+    if "path" in weights:
+        return EncoderConfig(encoder["arch"], WeightsSource(str(weights["format"]), path=str(weights["path"])))
     file = Path(str(weights["file"]))
     if file.is_absolute() or ".." in file.parts:
         raise VcorrError(f"{where}.weights.file must be a path inside resources/data/<id>/, got '{file}'")
+    return EncoderConfig(encoder["arch"], WeightsSource(str(weights["format"]), str(weights["id"]), str(weights["file"])))
 
 
 def _is_int(value: Any) -> bool:

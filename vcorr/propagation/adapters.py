@@ -24,8 +24,6 @@ import torch
 from vcorr.errors import VcorrError
 from vcorr.io import atomic_file, write_index_png
 
-VIP_CLASSES = 20
-JHMDB_JOINTS = 15
 JHMDB_SIGMA = 4
 
 # How each protocol upsamples soft labels to the label resolution (bilinear).
@@ -51,7 +49,9 @@ def late_objects(label0: np.ndarray, annotations: Iterable[tuple[int, np.ndarray
 def vip_labels(ids: np.ndarray) -> np.ndarray:
     """VIP part map for propagation: ids 0..19 kept, anything else (void 255) as background."""
     ids = np.asarray(ids)
-    return np.where(ids < VIP_CLASSES, ids, 0).astype(np.uint8)
+    from vcorr.metrics.vip import N_CLASSES
+
+    return np.where(ids < N_CLASSES, ids, 0).astype(np.uint8)
 
 
 def joint_heatmaps(joints: np.ndarray, size: tuple[int, int], sigma: int = JHMDB_SIGMA) -> np.ndarray:
@@ -80,19 +80,11 @@ def joint_heatmaps(joints: np.ndarray, size: tuple[int, int], sigma: int = JHMDB
 
 
 def jhmdb_first_heatmaps(mat_path: str | os.PathLike, size: tuple[int, int]) -> np.ndarray:
-    """Frame 0's `[15, H, W]` joint heat maps from a clip's `joint_positions.mat` (`pos_img`,
-    `[2, 15, T]`, 1-based as JHMDB ships it), at the frames' original size `(H, W)`."""
-    import scipy.io
+    """Frame 0's `[15, H, W]` joint heat maps from a clip's `joint_positions.mat`, at the frames'
+    original size `(H, W)` (read with the scorer's reader, `vcorr.data.readers`)."""
+    from vcorr.data.readers import read_joint_positions
 
-    if not Path(mat_path).is_file():
-        raise VcorrError(f"{mat_path}: missing")
-    try:
-        positions = np.asarray(scipy.io.loadmat(str(mat_path))["pos_img"], dtype=np.float64)
-    except (KeyError, ValueError, OSError) as error:
-        raise VcorrError(f"{mat_path}: not a JHMDB joint_positions.mat with pos_img ({error})") from None
-    if positions.ndim != 3 or positions.shape[:2] != (2, JHMDB_JOINTS) or positions.shape[2] < 1:
-        raise VcorrError(f"{mat_path}: pos_img has shape {positions.shape}, expected [2, {JHMDB_JOINTS}, T]")
-    return joint_heatmaps(positions[..., 0] - 1, size)
+    return joint_heatmaps(read_joint_positions(mat_path)[..., 0], size)
 
 
 def upsample_soft(soft: torch.Tensor, protocol: str, size: tuple[int, int]) -> torch.Tensor:

@@ -21,7 +21,7 @@ from torchvision.models import resnet as tv_resnet
 
 from vcorr.errors import VcorrError
 from vcorr.models import build_encoder
-from vcorr.models.checkpoints import load_weights, save_weights
+from vcorr.models.weights import load_weights, save_weights
 
 
 def torchvision_keys(depth: int) -> dict[str, torch.Size]:

@@ -12,7 +12,7 @@ from PIL import Image
 from vcorr.errors import VcorrError
 from vcorr.io import DAVIS_PALETTE, read_index_png
 from vcorr.propagation import propagate
-from vcorr.tasks import (
+from vcorr.propagation.adapters import (
     IndexPngWriter,
     KeypointWriter,
     jhmdb_first_heatmaps,

@@ -1,0 +1,1 @@
+"""Evaluation: method configurations and the propagation pipeline over a benchmark."""

@@ -1,0 +1,331 @@
+"""The propagation pipeline: a benchmark folder -> per-frame predictions in the formats the
+scorers read (`propagate_benchmark`; `vcorr propagate` parses its arguments and calls it).
+
+For each sequence, frames are streamed: read (PIL) -> resized to the method's input size for
+that benchmark -> features (vcorr.features.FeatureExtractor) -> the streaming propagator of the
+method's protocol (vcorr.propagation) -> written as they come (vcorr.propagation.adapters
+writers). No sequence's features are ever held in memory at once.
+
+Outputs under `out`:
+- DAVIS / YouTube-VOS / VIP: `<sequence>/<frame>.png`, indexed with the DAVIS palette, at the
+  annotation resolution. YouTube-VOS: only the frames of the `valid` split (the ones the server
+  evaluates); when the benchmark's `all_frames` folder (`valid_all_frames/` beside `valid`) is
+  present, every raw frame is propagated through, as HVC does.
+- JHMDB: `<action>/<clip>.npy`, float `[2, 15, T]` (x, y) coordinates, as `vcorr score jhmdb` reads.
+- `.vcorr-propagate[.shard-I-of-N].json`: method, resolved settings, and the frames every
+  sequence of the run must have (what `vcorr export` checks).
+
+Restartable: each sequence is written into a temporary folder (file, for JHMDB) renamed into place
+when complete, so complete sequences are skipped on a rerun and partial ones redone. A rerun with
+different settings into the same folder is refused rather than mixing two methods' outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from vcorr.data.benchmarks import Benchmark
+from vcorr.evaluation.methods import Method
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    from vcorr.errors import VcorrError
+
+    if text is None:
+        return None
+    index, _, count = text.partition("/")
+    try:
+        shard = int(index), int(count)
+    except ValueError:
+        raise VcorrError(f"--shard {text!r}: expected i/n with integers, e.g. 0/4") from None
+    if not 0 <= shard[0] < shard[1]:
+        raise VcorrError(f"--shard {text!r}: need 0 <= i < n")
+    return shard
+
+
+def select_sequences(all_sequences: list[str], wanted: list[str] | None, shard: tuple[int, int] | None) -> list[str]:
+    """`--sequences` then `--shard`; the shards of one list partition it (round robin, balanced)."""
+    from vcorr.errors import VcorrError
+
+    selected = all_sequences
+    if wanted:
+        unknown = [name for name in wanted if name not in all_sequences]
+        if unknown:
+            raise VcorrError(f"--sequences: not in the benchmark: {', '.join(unknown)}")
+        selected = [name for name in all_sequences if name in set(wanted)]
+    if shard:
+        selected = selected[shard[0] :: shard[1]]
+    return selected
+
+
+@dataclass
+class SequencePlan:
+    """Everything needed to propagate one sequence and know when its output is complete."""
+
+    name: str
+    images: list[Path]  # frames walked through, in temporal order
+    frames: list[str]  # their stems
+    annotations: dict[str, Path]  # frame stem -> label file (JHMDB: the clip's .mat under every frame)
+    written: list[str]  # frame stems whose predictions are written
+    label_size: tuple[int, int]  # (H, W) of the annotations = of the written outputs
+
+
+def plan_sequences(benchmark: Benchmark, root: Path) -> dict[str, SequencePlan]:
+    from vcorr.data.layouts import benchmark_frames
+
+    table = benchmark_frames(benchmark.name, root)
+    plans = {}
+    for name, rows in table.groupby("sequence", sort=False):
+        frames = list(rows["frame"])
+        annotations = {frame: Path(path) for frame, path in zip(rows["frame"], rows["annotation"]) if path}
+        first = rows.iloc[0]
+        plan = SequencePlan(
+            name=name,
+            images=[Path(path) for path in rows["image"]],
+            frames=frames,
+            annotations=annotations,
+            written=frames,
+            label_size=(int(first["height"]), int(first["width"])),
+        )
+        if benchmark.all_frames:
+            _walk_all_frames(plan, Path(root) / benchmark.all_frames)
+        plans[name] = plan
+    return plans
+
+
+def _walk_all_frames(plan: SequencePlan, all_frames: Path) -> None:
+    """Walk every raw frame of `<all_frames>/JPEGImages/<sequence>` when present (YouTube-VOS's
+    `valid_all_frames/` beside `valid/`); only the root's frames are written."""
+    all_frames_dir = Path(os.path.normpath(all_frames)) / "JPEGImages" / plan.name
+    images = sorted(all_frames_dir.glob("*.jpg"))
+    if not images:
+        return
+    stems = [image.stem for image in images]
+    absent = [frame for frame in plan.written if frame not in set(stems)]
+    if absent:
+        from vcorr.errors import VcorrError
+
+        raise VcorrError(f"{all_frames_dir}: lacks frame(s) {', '.join(absent[:5])} of the valid split")
+    start = stems.index(plan.written[0])  # nothing before the first valid frame is evaluated
+    plan.images, plan.frames = images[start:], stems[start:]
+
+
+def resolved_record(
+    benchmark: str, data_root: Path, method, settings, plans, selected, all_sequences,
+    wanted: list[str] | None, shard: tuple[int, int] | None,
+) -> dict:
+    from vcorr import __version__
+
+    frames_source = {name: str(plans[name].images[0].parent) for name in selected[:1]}
+    return {
+        "vcorr_version": __version__,
+        "benchmark": benchmark,
+        "data_root": str(data_root),
+        "method": method.as_dict(),
+        "settings": settings.as_dict(),
+        "frames_source_example": frames_source,
+        "selection": {"sequences": wanted, "shard": list(shard) if shard else None},
+        "sequences": {name: plans[name].written for name in selected},
+        "benchmark_sequences": all_sequences,
+    }
+
+
+def _comparable(record: dict) -> dict:
+    method = {key: value for key, value in record["method"].items() if key != "source"}
+    return {"benchmark": record["benchmark"], "method": method, "settings": record["settings"]}
+
+
+def check_existing_records(out: Path, record: dict) -> None:
+    """Refuse to mix: complete sequences are only skipped when they were made the same way."""
+    from vcorr.errors import VcorrError
+    from vcorr.export import read_records
+
+    for existing in read_records(out):
+        if _comparable(existing) != _comparable(record):
+            raise VcorrError(
+                f"{existing['_path']}: {out} holds predictions made with other settings "
+                f"({json.dumps(_comparable(existing)['settings'])} of method {existing['method'].get('name')}); "
+                "delete the folder or choose another --out"
+            )
+
+
+def output_path(out: Path, task: str, sequence: str) -> Path:
+    return out / f"{sequence}.npy" if task == "jhmdb" else out / sequence
+
+
+def remove_partial_outputs(out: Path, task: str, sequence: str) -> None:
+    """Temporary leftovers of an interrupted run on this sequence (atomic_dir / atomic_file names)."""
+    target = output_path(out, task, sequence)
+    for leftover in target.parent.glob(f".{target.name}.*.tmp"):
+        if leftover.is_dir():
+            shutil.rmtree(leftover)
+        else:
+            leftover.unlink()
+
+
+def read_frame(path: Path, size: tuple[int, int]) -> "np.ndarray":
+    """uint8 RGB `[H, W, 3]` at the encoder's input size (bilinear, as the seeds' cv2 resizes)."""
+    import cv2
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    from vcorr.errors import VcorrError
+
+    try:
+        with Image.open(path) as image:
+            frame = np.array(image.convert("RGB"))
+    except (FileNotFoundError, UnidentifiedImageError, OSError) as error:
+        raise VcorrError(f"{path}: unreadable frame ({error})") from None
+    if frame.shape[:2] != tuple(size):
+        frame = cv2.resize(frame, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+    return frame
+
+
+@dataclass(frozen=True)
+class PropagationSummary:
+    selected: list[str]  # sequences of this run
+    skipped: list[str]  # already complete from an earlier run
+    propagated: list[str]
+
+
+def propagate_benchmark(
+    benchmark: str,
+    data_root: str | Path,
+    method: Method | str | Path,
+    out: str | Path,
+    *,
+    sequences: list[str] | None = None,
+    shard: tuple[int, int] | None = None,
+    device: str = "auto",
+    amp: bool = False,
+    weights_root: str | Path = Path("resources/data"),
+    overrides: Sequence[str] = (),
+) -> PropagationSummary:
+    """Propagate the first-frame labels of every (selected) sequence of `benchmark` found under
+    `data_root` with `method` (a Method, a methods.yaml name or a method YAML file) into `out`.
+
+    `sequences` keeps only these, `shard=(i, n)` then every n-th from the i-th; `overrides` are
+    `KEY=VALUE` protocol parameters or `size` for this benchmark; checkpoints are resolved
+    against `weights_root`. Complete sequences of an earlier identical run are skipped.
+    """
+    from tqdm import tqdm
+
+    from vcorr.data.benchmarks import benchmark as benchmark_entry
+    from vcorr.evaluation.methods import load_method
+    from vcorr.export import record_path
+    from vcorr.io import write_json
+
+    entry = benchmark_entry(benchmark)
+    if not isinstance(method, Method):
+        method = load_method(method)
+    data_root, out, weights_root = Path(data_root), Path(out), Path(weights_root)
+    settings = method.settings_for(benchmark, list(overrides))
+    method.check_weights(weights_root)
+
+    plans = plan_sequences(entry, data_root)
+    all_sequences = list(plans)
+    selected = select_sequences(all_sequences, sequences, shard)
+    record = resolved_record(benchmark, data_root, method, settings, plans, selected, all_sequences, sequences, shard)
+    out.mkdir(parents=True, exist_ok=True)
+    check_existing_records(out, record)
+    write_json(record_path(out, shard), record)
+
+    todo = [name for name in selected if not output_path(out, entry.task, name).exists()]
+    skipped = [name for name in selected if name not in set(todo)]
+    print(
+        f"vcorr propagate: {benchmark} with {method.name} ({settings.protocol} "
+        f"{json.dumps(settings.params)}, size {settings.size}); {len(selected)} sequence(s) selected, "
+        f"{len(skipped)} already complete"
+    )
+    if not todo:
+        return PropagationSummary(selected, skipped, [])
+
+    from vcorr.features import FeatureExtractor
+
+    extractor = FeatureExtractor(method.features, weights_root, device=device, amp=amp)
+    for number, name in enumerate(todo, start=1):
+        plan = plans[name]
+        remove_partial_outputs(out, entry.task, name)
+        progress = tqdm(total=len(plan.frames), desc=f"[{number}/{len(todo)}] {name}", unit="frame", leave=False)
+        try:
+            propagate_sequence(plan, entry, extractor, settings, out, progress)
+        finally:
+            progress.close()
+    return PropagationSummary(selected, skipped, todo)
+
+
+def initial_labels(plan: SequencePlan, benchmark: Benchmark) -> tuple["np.ndarray", dict[int, "np.ndarray"]]:
+    """First frame's id map, and (YouTube-VOS) `{t: ids of the objects first annotated at t}`.
+
+    Labels stay at the annotation resolution: the protocols downsample them to the feature grid
+    themselves and return their outputs at this resolution, which is what the scorers compare.
+    """
+    from vcorr.errors import VcorrError
+    from vcorr.io import read_index_png
+    from vcorr.propagation.adapters import late_objects, vip_labels
+
+    first = plan.annotations.get(plan.frames[0])
+    if first is None:
+        raise VcorrError(f"sequence {plan.name}: its first frame {plan.frames[0]} has no annotation")
+    label0 = read_index_png(first)
+    if benchmark.task == "vip":
+        return vip_labels(label0), {}
+    if not benchmark.late_objects:
+        return label0, {}
+    later = (
+        (index, read_index_png(plan.annotations[frame]))
+        for index, frame in enumerate(plan.frames[1:], start=1)
+        if frame in plan.annotations
+    )
+    return label0, late_objects(label0, later)
+
+
+def feature_stream(plan: SequencePlan, extractor, settings, progress) -> Iterator:
+    """Features of each frame in turn, computed only when the propagator asks for them."""
+    height, width = plan.label_size
+    size = settings.input_size(height, width)
+    for image in plan.images:
+        yield extractor.extract(read_frame(image, size))
+        progress.update()
+
+
+def propagate_sequence(plan: SequencePlan, benchmark: Benchmark, extractor, settings, out: Path, progress) -> None:
+    from vcorr.io import atomic_dir
+    from vcorr.propagation import propagate_stream
+    from vcorr.propagation.adapters import IndexPngWriter
+
+    if benchmark.task == "jhmdb":
+        propagate_keypoints(plan, extractor, settings, out, progress)
+        return
+
+    label0, late = initial_labels(plan, benchmark)
+    written = set(plan.written)
+    with atomic_dir(output_path(out, benchmark.task, plan.name)) as folder:
+        writer = IndexPngWriter(folder)
+        stream = propagate_stream(
+            feature_stream(plan, extractor, settings, progress), label0, settings.protocol, late=late or None,
+            **settings.params,
+        )
+        for frame, result in zip(plan.frames, stream):
+            if frame in written:
+                writer.write(frame, result.ids)
+
+
+def propagate_keypoints(plan: SequencePlan, extractor, settings, out: Path, progress) -> None:
+    """JHMDB: frame-0 joint heat maps (original resolution) propagated, read out as `[2, 15, T]`
+    coordinates at the original resolution, which `vcorr score jhmdb` compares with the joints."""
+    from vcorr.propagation import propagate_stream
+    from vcorr.propagation.adapters import KeypointWriter, jhmdb_first_heatmaps, keypoint_coords
+
+    heatmaps = jhmdb_first_heatmaps(plan.annotations[plan.frames[0]], plan.label_size)
+    writer = KeypointWriter()
+    stream = propagate_stream(
+        feature_stream(plan, extractor, settings, progress), heatmaps, settings.protocol, **settings.params
+    )
+    for result in stream:
+        writer.add(keypoint_coords(result.soft, settings.protocol, plan.label_size))
+    writer.save(output_path(out, "jhmdb", plan.name))

@@ -1,0 +1,198 @@
+"""Scoring a predictions folder like the official tools (J&F, PCK, mIoU), fast.
+
+  score_davis  J&F (davis2017-evaluation, semi-supervised); also writes the official CSVs
+               global_results-<subset>.csv and per-sequence_results-<subset>.csv into `csv_dir`
+               (the official tool writes them into the results folder), recomputed on every run.
+  score_jhmdb  PCK@0.1..0.5 (VFS / Spa-then-Temp evaluation) from <action>/<clip>.npy [2, 15, T]
+               (x, y) coordinates, 0-based.
+  score_vip    mIoU over 20 classes, one confusion matrix over all frames.
+
+Lists and labels are read with vcorr.data.readers, as propagation reads them. Malformed
+submissions are refused with the file named; nothing is written then.
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+import time
+from pathlib import Path
+
+from vcorr.errors import VcorrError
+
+
+def _versions() -> dict[str, str]:
+    import cv2
+    import numpy
+
+    from vcorr import __version__
+
+    return {"vcorr": __version__, "python": platform.python_version(), "numpy": numpy.__version__,
+            "opencv": cv2.__version__}
+
+
+# --- DAVIS --------------------------------------------------------------------------------------
+
+
+def _official_csv(rows: list[list], header: list[str]) -> str:
+    """CSV as the official tool's pandas call writes it: floats as %.3f, NaN as an empty field."""
+    import csv
+    import io
+    import math
+
+    def cell(value):
+        if isinstance(value, float):
+            return "" if math.isnan(value) else f"{value:.3f}"
+        return value
+
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows([[cell(value) for value in row] for row in rows])
+    return text.getvalue()
+
+
+def _table(rows: list[list], header: list[str]) -> str:
+    """A right-aligned text table, floats with 6 decimals (the official printout, via pandas)."""
+    cells = [header] + [[f"{v:.6f}" if isinstance(v, float) else str(v) for v in row] for row in rows]
+    widths = [max(len(row[column]) for row in cells) for column in range(len(header))]
+    return "\n".join(" ".join(value.rjust(width) for value, width in zip(row, widths)) for row in cells)
+
+
+def score_davis(
+    data_root: Path, predictions: Path, out: Path | None = None, subset: str = "val", year: int = 2017,
+    jobs: int | None = None, csv_dir: Path | None = None,
+) -> dict[str, float]:
+    """J&F of `predictions` against the DAVIS root; the JSON to `out`, the official CSVs to
+    `csv_dir` (default: the predictions folder, as the official tool does). Returns the global measures."""
+    from vcorr.io import atomic_file, write_json
+    from vcorr.metrics import davis
+
+    predictions, csv_dir = Path(predictions), Path(csv_dir or predictions)
+    start = time.perf_counter()
+    sequences = davis.evaluate(data_root, predictions, subset, year, jobs)
+    statistics = davis.per_object_statistics(sequences)
+    measures = davis.global_measures(statistics)
+    seconds = time.perf_counter() - start
+
+    global_header, global_rows = list(davis.GLOBAL_MEASURES), [[measures[key] for key in davis.GLOBAL_MEASURES]]
+    object_header = ["Sequence", "J-Mean", "F-Mean"]
+    object_rows = [[name, stats["J-Mean"], stats["F-Mean"]] for name, stats in statistics.items()]
+    for name, header, rows in (("global_results", global_header, global_rows),
+                               ("per-sequence_results", object_header, object_rows)):
+        with atomic_file(csv_dir / f"{name}-{subset}.csv") as temporary:
+            temporary.write_text(_official_csv(rows, header))
+    if out:
+        write_json(out, {
+            "benchmark": f"davis{year}", "subset": subset,
+            "davis_root": str(data_root), "results": str(predictions),
+            "global": measures,
+            "per_object": {name: {"J-Mean": s["J-Mean"], "F-Mean": s["F-Mean"]} for name, s in statistics.items()},
+            "per_object_statistics": statistics,
+            "per_frame": {
+                sequence.name: {
+                    "frames": sequence.frames,
+                    "J": {str(i + 1): row.tolist() for i, row in enumerate(sequence.j)},
+                    "F": {str(i + 1): row.tolist() for i, row in enumerate(sequence.f)},
+                }
+                for sequence in sequences
+            },
+            "seconds": seconds, "versions": _versions(),
+        })  # fmt: skip
+
+    print(f"--------------------------- Global results for {subset} ---------------------------")
+    print(_table(global_rows, global_header))
+    print(f"\n---------- Per sequence results for {subset} ----------")
+    print(_table(object_rows, object_header))
+    print(f"\nTotal time: {seconds:.2f} s", file=sys.stderr)
+    return measures
+
+
+# --- JHMDB --------------------------------------------------------------------------------------
+
+
+def read_predicted_coords(path: Path, n_frames: int, n_joints: int):
+    """A clip's `[2, J, T']` predicted coordinates, truncated to the annotated T frames."""
+    import numpy as np
+
+    try:
+        coords = np.load(path)
+    except FileNotFoundError:
+        raise VcorrError(f"{path}: missing prediction") from None
+    except (ValueError, OSError) as error:
+        raise VcorrError(f"{path}: unreadable .npy ({error})") from None
+    if coords.ndim != 3 or coords.shape[:2] != (2, n_joints):
+        raise VcorrError(f"{path}: expected a [2, {n_joints}, T] coordinate array, got {list(coords.shape)}")
+    if coords.shape[2] < n_frames:
+        raise VcorrError(f"{path}: {coords.shape[2]} predicted frames, the clip has {n_frames} annotated")
+    return coords[:, :, :n_frames]
+
+
+def score_jhmdb(data_root: Path, predictions: Path, split: Path, out: Path) -> dict[str, float]:
+    """PCK of `<predictions>/<action>/<clip>.npy` over the clips of the `split` list."""
+    from tqdm import tqdm
+
+    from vcorr.data.readers import jhmdb_joints_file, jhmdb_split_clips, read_joint_positions
+    from vcorr.io import write_json
+    from vcorr.metrics.pck import pck
+
+    start = time.perf_counter()
+    clips = jhmdb_split_clips(split)
+    coords, truths = [], []
+    for clip in tqdm(clips, desc="score jhmdb", unit="clip"):
+        gt = read_joint_positions(jhmdb_joints_file(data_root, clip))
+        coords.append(read_predicted_coords(Path(predictions) / f"{clip}.npy", gt.shape[2], gt.shape[1]))
+        truths.append(gt)
+    scores = pck(coords, truths)
+    write_json(out, {
+        "benchmark": "jhmdb", "split": str(split), "jhmdb_root": str(data_root),
+        "predictions": str(predictions), "unit": "percent", "global": scores,
+        "clips": clips,
+        "seconds": time.perf_counter() - start, "versions": _versions(),
+    })  # fmt: skip
+    for name, value in scores.items():
+        print(f"{name}: {value:.3f}")
+    return scores
+
+
+# --- VIP ----------------------------------------------------------------------------------------
+
+
+def vip_frames(vip_root: Path, results: Path, video_list: Path):
+    """(name, annotation ids, predicted ids) of every annotated frame of the listed videos."""
+    from tqdm import tqdm
+
+    from vcorr.data.readers import read_names
+    from vcorr.io_png import read_ids
+
+    videos = read_names(video_list, "video list")
+    for video in tqdm(videos, desc="score vip", unit="video"):
+        annotation_dir = vip_root / "Annotations" / "Category_ids" / video
+        annotations = sorted(annotation_dir.glob("*.png"))
+        if not annotations:
+            raise VcorrError(f"{annotation_dir}: no annotations for video {video}")
+        if not (results / video).is_dir():
+            raise VcorrError(f"{results / video}: video {video} is missing from the results")
+        for annotation in annotations:
+            result = results / video / annotation.name
+            yield str(result), read_ids(annotation), read_ids(result)
+
+
+def score_vip(data_root: Path, predictions: Path, video_list: Path, out: Path) -> dict[str, float]:
+    """mIoU of `<predictions>/<video>/<frame>.png` over the annotated frames of the listed videos."""
+    from vcorr.io import write_json
+    from vcorr.metrics.vip import miou
+
+    start = time.perf_counter()
+    data_root, predictions = Path(data_root), Path(predictions)
+    scores = miou(vip_frames(data_root, predictions, video_list))
+    write_json(out, {
+        "benchmark": "vip", "vip_root": str(data_root), "results": str(predictions),
+        "list": str(video_list), "unit": "percent",
+        "global": {"mIoU": scores["mIoU"]},
+        "per_class_IoU": {str(index): value for index, value in enumerate(scores["per_class_IoU"])},
+        "frames": scores["frames"], "confusion_matrix": scores["confusion_matrix"],
+        "seconds": time.perf_counter() - start, "versions": _versions(),
+    })  # fmt: skip
+    print(f"mIoU: {scores['mIoU']:.3f}")
+    return {"mIoU": scores["mIoU"]}
