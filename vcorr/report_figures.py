@@ -242,14 +242,21 @@ def loss_curves(metrics_csvs: Mapping[str, str | os.PathLike], out_png: str | os
 
 
 def overlay(frame: np.ndarray, ids: np.ndarray, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
-    """`frame` ([H, W, 3] uint8) with every non-zero id blended with its DAVIS palette colour.
-
-    Pixels with id 0 (background) are the frame's own, unchanged.
+    """`frame` ([H, W, 3] uint8) with every non-zero id blended with its DAVIS palette colour and
+    outlined in it. Pixels with id 0 (background) are the frame's own, unchanged.
     """
     if frame.shape[:2] != ids.shape:
         raise VcorrError(f"overlay: labels of size {ids.shape} on a frame of size {frame.shape[:2]}")
     palette = np.array(DAVIS_PALETTE, dtype=np.float32).reshape(256, 3)
     blended = frame.astype(np.float32) * (1 - alpha) + palette[ids] * alpha
+    # Outline each object in its full colour, so touching objects and thin parts stay readable.
+    edge = np.zeros(ids.shape, bool)
+    edge[1:] |= ids[1:] != ids[:-1]
+    edge[:-1] |= ids[:-1] != ids[1:]
+    edge[:, 1:] |= ids[:, 1:] != ids[:, :-1]
+    edge[:, :-1] |= ids[:, :-1] != ids[:, 1:]
+    edge &= ids > 0
+    blended[edge] = palette[ids[edge]]
     # A colour that rounds back to the frame's own value would hide the label: push it one step.
     blended = np.rint(blended).astype(np.int16)
     same = (blended == frame).all(axis=-1) & (ids > 0)
@@ -370,6 +377,12 @@ def overlay_strip(
     if out.suffix.lower() == ".gif":
         pictures = [_canvas([[item.truth, item.prediction]], [[f"truth {item.stem}", f"prediction {item.stem}"]])
                     for item in chosen]
+        # One palette for the whole animation, error-diffused: no banding, no colours flickering.
+        stack = Image.new("RGB", (pictures[0].width, pictures[0].height * len(pictures)))
+        for index, picture in enumerate(pictures):
+            stack.paste(picture, (0, index * picture.height))
+        palette = stack.quantize(256, method=Image.Quantize.MEDIANCUT)
+        pictures = [picture.quantize(palette=palette, dither=Image.Dither.FLOYDSTEINBERG) for picture in pictures]
         with atomic_file(out) as temporary:
             pictures[0].save(temporary, format="GIF", save_all=True, append_images=pictures[1:], duration=frame_ms,
                              loop=0, disposal=1)
