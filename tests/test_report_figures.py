@@ -138,13 +138,21 @@ def test_score_chart_refuses_bad_tables_and_writes_nothing(tmp_path):
                       [{"benchmark": "vip", "method": "crw", "mIoU": 1}, {"benchmark": "vip", "method": "crw", "mIoU": 2}])
     with pytest.raises(VcorrError, match=r"twice\.csv:3: a second row for vip / crw"):
         score_chart(twice, tmp_path / "out.png")
-    empty = write_csv(tmp_path / "server.csv", ["benchmark", "method", "J&F-Mean"],
-                      [{"benchmark": "ytvos18", "method": "crw"}])
+    unscored = write_csv(tmp_path / "unscored.csv", ["benchmark", "method", "status", "J&F-Mean"],
+                         [{"benchmark": "davis17", "method": "crw", "status": "scored"}])
     with pytest.raises(VcorrError, match="no scores to chart"):
-        score_chart(empty, tmp_path / "out.png")
+        score_chart(unscored, tmp_path / "out.png")
+    with pytest.raises(VcorrError, match="no rows"):
+        score_chart(write_csv(tmp_path / "empty.csv", ["benchmark", "method"], []), tmp_path / "out.png")
     with pytest.raises(VcorrError, match="missing"):
         score_chart(tmp_path / "absent.csv", tmp_path / "out.png")
     assert sorted(path.name for path in tmp_path.iterdir() if path.suffix == ".png") == []
+
+
+def test_score_chart_of_server_scored_results_only_says_so(tmp_path):
+    rows = [{"benchmark": "ytvos18", "method": "crw", "status": "awaiting server evaluation", "archive": "a.zip"}]
+    assert score_chart(rows, tmp_path / "pending.png") == []
+    assert_png(tmp_path / "pending.png")
 
 
 def test_loss_curves_panel_per_stage_and_term(tmp_path):

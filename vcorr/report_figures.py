@@ -63,16 +63,24 @@ def _save_figure(figure, out_png: Path) -> None:
         plt.close(figure)
 
 
-def read_table(path: str | os.PathLike) -> list[dict[str, str]]:
-    """Rows of a CSV score table (summary.csv or the cross-protocol table) as dicts of strings."""
+def _csv_rows(path: str | os.PathLike) -> list[list[str]]:
+    """A CSV score table's rows, header first; an error names the file when it is absent or empty."""
     try:
         with open(path, newline="") as handle:
-            rows = list(csv.DictReader(handle))
+            rows = list(csv.reader(handle))
     except FileNotFoundError:
         raise VcorrError(f"{path}: missing (score table)") from None
     except (UnicodeDecodeError, csv.Error) as error:
         raise VcorrError(f"{path}: not a CSV table ({error})") from None
+    if not rows:
+        raise VcorrError(f"{path}: empty (no header row)")
     return rows
+
+
+def read_table(path: str | os.PathLike) -> list[dict[str, str]]:
+    """Rows of a CSV score table (summary.csv or the cross-protocol table) as dicts of strings."""
+    header, *rows = _csv_rows(path)
+    return [dict(zip(header, row)) for row in rows]
 
 
 def _number(value: Any, where: str, column: str) -> float | None:
@@ -104,11 +112,13 @@ def score_chart(
 
     `table` is a CSV path or rows (dicts) with `benchmark`, `method`, optionally `protocol`, and
     one column per metric. Rows without a value for a metric (server-scored benchmarks) have no
-    bar in its panel.
+    bar in its panel; a table of server-scored results only gives a figure that says so.
     """
     where = str(table) if isinstance(table, (str, os.PathLike)) else "score rows"
     rows = read_table(table) if isinstance(table, (str, os.PathLike)) else [dict(row) for row in table]
-    if rows and not {"benchmark", "method"} <= set(rows[0]):
+    if not rows:
+        raise VcorrError(f"{where}: no rows (an empty score table)")
+    if not {"benchmark", "method"} <= set(rows[0]):
         raise VcorrError(f"{where}: a score table needs 'benchmark' and 'method' columns (has {', '.join(rows[0])})")
     metrics = list(metrics) if metrics else metric_columns(rows)
     with_protocol = any(str(row.get("protocol") or "").strip() for row in rows)
@@ -125,10 +135,17 @@ def score_chart(
             values[key] = value
         if values:
             bars[metric] = values
-    if not bars:
-        raise VcorrError(f"{where}: no scores to chart (no numeric values in {', '.join(metrics) or 'any metric column'})")
-
     plt = _pyplot()
+    if not bars:
+        if not any(str(row.get("status") or "").strip() not in ("", "scored") for row in rows):
+            raise VcorrError(f"{where}: no scores to chart (no numeric values in {', '.join(metrics) or 'any metric column'})")
+        # Only server-scored results (YouTube-VOS, DAVIS test-dev): say so rather than fail the report.
+        pending = sorted({f"{row['benchmark']}: {row['status']}" for row in rows})
+        figure, axis = plt.subplots(figsize=(6, 1 + 0.3 * len(pending)))
+        axis.axis("off")
+        axis.text(0.5, 0.5, "No locally scored results\n" + "\n".join(pending), ha="center", va="center")
+        _save_figure(figure, Path(out_png))
+        return []
     methods = list(dict.fromkeys(key[1] for values in bars.values() for key in values))
     protocols = list(dict.fromkeys(key[2] for values in bars.values() for key in values))
     colours = {method: plt.get_cmap("tab10")(index % 10) for index, method in enumerate(methods)}
@@ -407,15 +424,7 @@ def _format_cell(value: str) -> str:
 
 def table_html(path: str | os.PathLike) -> str:
     """A CSV score table as an HTML <table> (header row, one row per CSV row)."""
-    try:
-        with open(path, newline="") as handle:
-            rows = list(csv.reader(handle))
-    except FileNotFoundError:
-        raise VcorrError(f"{path}: missing (table for the report page)") from None
-    except (UnicodeDecodeError, csv.Error) as error:
-        raise VcorrError(f"{path}: not a CSV table ({error})") from None
-    if not rows:
-        raise VcorrError(f"{path}: empty (no header row)")
+    rows = _csv_rows(path)
     header = "".join(f"<th>{html.escape(name)}</th>" for name in rows[0])
     body = "\n".join("<tr>" + "".join(_format_cell(cell) for cell in row) + "</tr>" for row in rows[1:])
     return f'<table data-source="{html.escape(Path(path).name)}">\n<thead><tr>{header}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>'
