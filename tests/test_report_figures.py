@@ -359,11 +359,12 @@ def test_report_page_renders_in_headless_chromium(report_inputs, tmp_path):
     assert body == '<body data-images-loaded="5/5">', dom[:2000]  # every image decoded, none broken
     assert dom.count("<table") == 2 and "<td>awaiting server evaluation</td>" in dom
     screenshot = tmp_path / "report.png"
-    headless(chromium, tmp_path / "profile", f"--screenshot={screenshot}", "--window-size=1280,2400", page.as_uri())
+    headless(chromium, tmp_path / "profile", f"--screenshot={screenshot}", "--window-size=1280,3400", page.as_uri())
     shot = np.array(assert_png(screenshot).convert("RGB"))
-    assert shot.shape == (2400, 1280, 3)
-    # The score chart's first method is drawn in matplotlib's tab:blue: seen only if the chart renders.
-    tab_blue = (shot == (31, 119, 180)).all(axis=-1)
-    assert tab_blue.sum() > 500, "the score chart is not visible in the screenshot"
+    assert shot.shape == (3400, 1280, 3)
+    # The score chart's first method is drawn in matplotlib's tab:blue, the overlays outline object 1
+    # in DAVIS's (128, 0, 0): each is seen only if its image renders.
+    assert (shot == (31, 119, 180)).all(axis=-1).sum() > 500, "the score chart is not visible in the screenshot"
+    assert (shot == (128, 0, 0)).all(axis=-1).sum() > 100, "the mask overlays are not visible in the screenshot"
     if os.environ.get("VCORR_KEEP_SCREENSHOT"):
         shutil.copy(screenshot, os.environ["VCORR_KEEP_SCREENSHOT"])
