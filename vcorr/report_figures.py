@@ -103,6 +103,80 @@ def metric_columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     return known + [name for name in filled if name not in known]
 
 
+# (benchmark, method, protocol) -> score; protocol is "" when the table has none.
+Bars = dict[tuple[str, str, str], float]
+
+
+def score_bars(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str], where: str) -> dict[str, Bars]:
+    """The bars of each metric that has at least one value; a cell that is not a number, or a
+    second row for the same (benchmark, method, protocol), is an error naming its line."""
+    with_protocol = any(str(row.get("protocol") or "").strip() for row in rows)
+    bars: dict[str, Bars] = {}
+    for metric in metrics:
+        values: Bars = {}
+        for number, row in enumerate(rows, start=2):
+            value = _number(row.get(metric), f"{where}:{number}", metric)
+            if value is None:
+                continue
+            key = (row["benchmark"], row["method"], str(row.get("protocol") or "") if with_protocol else "")
+            if key in values:
+                raise VcorrError(f"{where}:{number}: a second row for {' / '.join(filter(None, key))} ({metric})")
+            values[key] = value
+        if values:
+            bars[metric] = values
+    return bars
+
+
+def _draw_bars(bars: dict[str, Bars]):
+    """A panel per metric: a group per benchmark, a colour per method, a hatch per protocol."""
+    plt = _pyplot()
+    from matplotlib.patches import Patch
+
+    methods = list(dict.fromkeys(key[1] for values in bars.values() for key in values))
+    protocols = list(dict.fromkeys(key[2] for values in bars.values() for key in values))
+    colours = {method: plt.get_cmap("tab10")(index % 10) for index, method in enumerate(methods)}
+    hatches = {protocol: _HATCHES[index % len(_HATCHES)] for index, protocol in enumerate(protocols)}
+    series = [(method, protocol) for method in methods for protocol in protocols]
+    columns = min(3, len(bars))
+    panel_rows = math.ceil(len(bars) / columns)
+    most_groups = max(len({key[0] for key in values}) for values in bars.values())
+    panel_width = max(4.0, 1.2 + 0.35 * len(series) * most_groups)
+    figure, axes = plt.subplots(panel_rows, columns, figsize=(panel_width * columns, 3.6 * panel_rows), squeeze=False)
+    for axis, (metric, values) in zip(axes.flat, bars.items()):
+        benchmarks = list(dict.fromkeys(key[0] for key in values))
+        drawn = [pair for pair in series if any((benchmark, *pair) in values for benchmark in benchmarks)]
+        width = 0.8 / len(drawn)
+        for index, (method, protocol) in enumerate(drawn):
+            positions = [group + (index - (len(drawn) - 1) / 2) * width for group in range(len(benchmarks))]
+            heights = [values.get((benchmark, method, protocol), np.nan) for benchmark in benchmarks]
+            container = axis.bar(positions, heights, width, color=colours[method], hatch=hatches[protocol],
+                                 edgecolor="black", linewidth=0.5)
+            axis.bar_label(container, fmt="%.4g", fontsize=7, padding=1)
+        axis.set_xticks(range(len(benchmarks)), benchmarks)
+        axis.set_title(metric)
+        axis.set_ylabel(metric)
+        axis.margins(y=0.15)
+        axis.grid(axis="y", alpha=0.3)
+        axis.set_axisbelow(True)
+    for axis in list(axes.flat)[len(bars):]:
+        axis.set_visible(False)
+    handles = [Patch(facecolor=colours[method], edgecolor="black", label=method) for method in methods]
+    if protocols != [""]:
+        handles += [Patch(facecolor="white", edgecolor="black", hatch=hatches[protocol], label=f"protocol: {protocol}")
+                    for protocol in protocols]
+    figure.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(len(handles), 6),
+                  frameon=False)
+    figure.tight_layout()
+    return figure
+
+
+def _draw_message(lines: list[str]):
+    figure, axis = _pyplot().subplots(figsize=(6, 1 + 0.3 * len(lines)))
+    axis.axis("off")
+    axis.text(0.5, 0.5, "\n".join(lines), ha="center", va="center")
+    return figure
+
+
 def score_chart(
     table: str | os.PathLike | Sequence[Mapping[str, Any]],
     out_png: str | os.PathLike,
@@ -121,68 +195,15 @@ def score_chart(
     if not {"benchmark", "method"} <= set(rows[0]):
         raise VcorrError(f"{where}: a score table needs 'benchmark' and 'method' columns (has {', '.join(rows[0])})")
     metrics = list(metrics) if metrics else metric_columns(rows)
-    with_protocol = any(str(row.get("protocol") or "").strip() for row in rows)
-    bars: dict[str, dict[tuple[str, str, str], float]] = {}
-    for metric in metrics:
-        values: dict[tuple[str, str, str], float] = {}
-        for number, row in enumerate(rows, start=2):
-            value = _number(row.get(metric), f"{where}:{number}", metric)
-            if value is None:
-                continue
-            key = (row["benchmark"], row["method"], str(row.get("protocol") or "") if with_protocol else "")
-            if key in values:
-                raise VcorrError(f"{where}:{number}: a second row for {' / '.join(filter(None, key))} ({metric})")
-            values[key] = value
-        if values:
-            bars[metric] = values
-    plt = _pyplot()
-    if not bars:
-        if not any(str(row.get("status") or "").strip() not in ("", "scored") for row in rows):
-            raise VcorrError(f"{where}: no scores to chart (no numeric values in {', '.join(metrics) or 'any metric column'})")
+    bars = score_bars(rows, metrics, where)
+    if bars:
+        figure = _draw_bars(bars)
+    elif any(str(row.get("status") or "").strip() not in ("", "scored") for row in rows):
         # Only server-scored results (YouTube-VOS, DAVIS test-dev): say so rather than fail the report.
-        pending = sorted({f"{row['benchmark']}: {row['status']}" for row in rows})
-        figure, axis = plt.subplots(figsize=(6, 1 + 0.3 * len(pending)))
-        axis.axis("off")
-        axis.text(0.5, 0.5, "No locally scored results\n" + "\n".join(pending), ha="center", va="center")
-        _save_figure(figure, Path(out_png))
-        return []
-    methods = list(dict.fromkeys(key[1] for values in bars.values() for key in values))
-    protocols = list(dict.fromkeys(key[2] for values in bars.values() for key in values))
-    colours = {method: plt.get_cmap("tab10")(index % 10) for index, method in enumerate(methods)}
-    hatches = {protocol: _HATCHES[index % len(_HATCHES)] for index, protocol in enumerate(protocols)}
-    series = [(method, protocol) for method in methods for protocol in protocols]
-    columns = min(3, len(bars))
-    panel_rows = math.ceil(len(bars) / columns)
-    width_per_panel = max(4.0, 1.2 + 0.35 * len(series) * max(len({k[0] for k in v}) for v in bars.values()))
-    figure, axes = plt.subplots(panel_rows, columns, figsize=(width_per_panel * columns, 3.6 * panel_rows),
-                                squeeze=False)
-    for axis, (metric, values) in zip(axes.flat, bars.items()):
-        benchmarks = list(dict.fromkeys(key[0] for key in values))
-        drawn = [pair for pair in series if any((b, *pair) in values for b in benchmarks)]
-        width = 0.8 / len(drawn)
-        for index, (method, protocol) in enumerate(drawn):
-            positions = [group + (index - (len(drawn) - 1) / 2) * width for group in range(len(benchmarks))]
-            heights = [values.get((benchmark, method, protocol), np.nan) for benchmark in benchmarks]
-            container = axis.bar(positions, heights, width, color=colours[method], hatch=hatches[protocol],
-                                 edgecolor="black", linewidth=0.5)
-            axis.bar_label(container, fmt="%.4g", fontsize=7, padding=1)
-        axis.set_xticks(range(len(benchmarks)), benchmarks)
-        axis.set_title(metric)
-        axis.set_ylabel(metric)
-        axis.margins(y=0.15)
-        axis.grid(axis="y", alpha=0.3)
-        axis.set_axisbelow(True)
-    for axis in list(axes.flat)[len(bars):]:
-        axis.set_visible(False)
-    from matplotlib.patches import Patch
-
-    handles = [Patch(facecolor=colours[method], edgecolor="black", label=method) for method in methods]
-    if with_protocol:
-        handles += [Patch(facecolor="white", edgecolor="black", hatch=hatches[protocol], label=f"protocol: {protocol}")
-                    for protocol in protocols]
-    figure.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(len(handles), 6),
-                  frameon=False)
-    figure.tight_layout()
+        figure = _draw_message(["No locally scored results"] +
+                               sorted({f"{row['benchmark']}: {row['status']}" for row in rows}))
+    else:
+        raise VcorrError(f"{where}: no scores to chart (no numeric values in {', '.join(metrics) or 'any metric column'})")
     _save_figure(figure, Path(out_png))
     return list(bars)
 
