@@ -32,6 +32,7 @@ from vcorr.report_figures import (
     overlay_strip,
     score_bars,
     score_chart,
+    sequence_folders,
     write_report_page,
 )
 
@@ -90,6 +91,8 @@ def sequence(tmp_path) -> dict[str, Path]:
     truth = root / "Annotations" / "480p" / "bear"
     prediction = tmp_path / "predictions" / "bear"
     frames.mkdir(parents=True)
+    (root / "ImageSets" / "2017").mkdir(parents=True)
+    (root / "ImageSets" / "2017" / "val.txt").write_text("bear\n")
     generator = np.random.default_rng(0)
     for index in range(FRAMES):
         image = generator.integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8)
@@ -101,7 +104,7 @@ def sequence(tmp_path) -> dict[str, Path]:
         predicted = labels.copy()
         predicted[WRONG] = 2
         write_index_png(prediction / f"{index:05d}.png", predicted)
-    return {"frames": frames, "truth": truth, "pred": prediction}
+    return {"root": root, "frames": frames, "truth": truth, "pred": prediction}
 
 
 def read_labels(path: Path) -> np.ndarray:
@@ -265,6 +268,12 @@ def test_overlay_scales_tall_frames_and_refuses_mismatched_labels(sequence, tmp_
     assert not (tmp_path / "x.png").exists()
 
 
+def test_sequence_folders_come_from_the_benchmark_layout(sequence):
+    assert sequence_folders("davis17", sequence["root"], "bear") == (sequence["frames"], sequence["truth"])
+    with pytest.raises(VcorrError, match="no sequence 'cat' in davis17"):
+        sequence_folders("davis17", sequence["root"], "cat")
+
+
 @pytest.fixture
 def report_inputs(sequence, tmp_path) -> dict:
     figures = tmp_path / "figures"
@@ -319,11 +328,18 @@ def test_cli_figures_and_page(sequence, tmp_path, capsys):
                  "--pred", str(sequence["pred"]), "--frame", "00001", "--frame", "00003",
                  "--out", str(tmp_path / "o.gif")]) == 0
     assert Image.open(tmp_path / "o.gif").n_frames == 2
+    assert main(["report", "figures", "overlay", "--benchmark", "davis17", "--root", str(sequence["root"]),
+                 "--sequence", "bear", "--pred", str(sequence["pred"]), "--count", "3", "--out", str(tmp_path / "b.png")]) == 0
+    printed = capsys.readouterr().out
+    assert "b.png: 3 frames (00000, 00002, 00005)" in printed
+    assert main(["report", "figures", "overlay", "--benchmark", "davis17", "--frames", str(sequence["frames"]),
+                 "--pred", str(sequence["pred"]), "--out", str(tmp_path / "c.png")]) == 2
+    assert "give either --frames and --truth, or --benchmark, --root and --sequence" in capsys.readouterr().err
     assert main(["report", "page", "--table", f"Scores={summary}", "--images", f"Charts={tmp_path / 's.png'},"
                  f"{tmp_path / 'l.png'}", "--images", f"Overlays={tmp_path / 'o.gif'}", "--out",
                  str(tmp_path / "page.html")]) == 0
     assert (tmp_path / "page.html").read_text().count("<img") == 3
-    output = capsys.readouterr().out
+    output = printed + capsys.readouterr().out
     assert "s.png: J&F-Mean, J-Mean, F-Mean, PCK@0.1, PCK@0.2" in output and "o.gif: 2 frames (00001, 00003)" in output
     assert main(["report", "figures", "losses", str(m1), "--out", str(tmp_path / "bad.png")]) == 2
     assert "expected STAGE=metrics.csv" in capsys.readouterr().err

@@ -377,6 +377,21 @@ def overlay_frames(
     return result
 
 
+def sequence_folders(benchmark: str, root: str | os.PathLike, sequence: str) -> tuple[Path, Path]:
+    """(frames folder, ground-truth folder) of one sequence of a mask benchmark, from its layout."""
+    from vcorr.data.layouts import benchmark_frames
+
+    frames = benchmark_frames(benchmark, Path(root), with_sizes=False)
+    frames = frames[frames["sequence"] == sequence]
+    if frames.empty:
+        raise VcorrError(f"{root}: no sequence '{sequence}' in {benchmark}")
+    labels = [Path(path) for path in frames["annotation"] if path]
+    if not labels or labels[0].suffix != ".png":
+        raise VcorrError(f"{benchmark}: sequence '{sequence}' has no label masks to overlay (its labels: "
+                         f"{labels[0].name if labels else 'none'})")
+    return Path(frames["image"].iloc[0]).parent, labels[0].parent
+
+
 def _canvas(tiles: list[list[np.ndarray]], captions: list[list[str]]) -> Image.Image:
     """Tiles in a grid (rows of equal-size tiles), each with its caption in the band above it."""
     height, width = tiles[0][0].shape[:2]

@@ -57,8 +57,11 @@ def add_parser(subparsers) -> None:
     losses.add_argument("--out", required=True, type=Path, metavar="FILE.png")
     losses.set_defaults(func=run_loss_curves)
     strip = kinds.add_parser("overlay", help="ground truth beside prediction on a few frames of a sequence")
-    strip.add_argument("--frames", required=True, type=Path, metavar="DIR", help="the sequence's JPEG frames")
-    strip.add_argument("--truth", required=True, type=Path, metavar="DIR", help="its ground-truth label PNGs")
+    strip.add_argument("--frames", type=Path, metavar="DIR", help="the sequence's JPEG frames (with --truth)")
+    strip.add_argument("--truth", type=Path, metavar="DIR", help="its ground-truth label PNGs")
+    strip.add_argument("--benchmark", help="instead of --frames/--truth: the sequence's benchmark (davis17, vip ...)")
+    strip.add_argument("--root", type=Path, metavar="DIR", help="with --benchmark: the dataset root")
+    strip.add_argument("--sequence", help="with --benchmark: the sequence (video) name")
     strip.add_argument("--pred", required=True, type=Path, metavar="DIR", help="its predicted label PNGs")
     which = strip.add_mutually_exclusive_group()
     which.add_argument("--count", type=int, default=4, help="frames to show, evenly spaced (default 4)")
@@ -141,10 +144,16 @@ def run_loss_curves(args: argparse.Namespace) -> int:
 
 
 def run_overlay(args: argparse.Namespace) -> int:
-    from vcorr.report_figures import overlay_strip
+    from vcorr.errors import VcorrError
+    from vcorr.report_figures import overlay_strip, sequence_folders
 
-    shown = overlay_strip(args.frames, args.truth, args.pred, args.out, frames=args.names or args.count,
-                          height=args.height)
+    if args.benchmark and args.root and args.sequence and not (args.frames or args.truth):
+        frames, truth = sequence_folders(args.benchmark, args.root, args.sequence)
+    elif args.frames and args.truth and not (args.benchmark or args.root or args.sequence):
+        frames, truth = args.frames, args.truth
+    else:
+        raise VcorrError("give either --frames and --truth, or --benchmark, --root and --sequence")
+    shown = overlay_strip(frames, truth, args.pred, args.out, frames=args.names or args.count, height=args.height)
     print(f"{args.out}: {len(shown)} frames ({', '.join(shown)})")
     return 0
 
