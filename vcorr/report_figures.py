@@ -6,7 +6,8 @@
 - `loss_curves`: one column of panels per training stage from its `metrics.csv`: the loss terms
   against the step, then one panel per other logged term (lr, accuracies, images/s).
 - `overlay_strip`: ground truth beside prediction as coloured overlays on a few frames of a
-  sequence (DAVIS palette), as a PNG strip or an animated GIF.
+  sequence (DAVIS palette), as a PNG strip or an animated GIF; `sequence_folders` finds a
+  sequence's frames and ground truth from its benchmark's layout.
 - `write_report_page`: one self-contained HTML page (images embedded) with the score tables,
   the charts and the overlays, for Snakemake's report or a browser.
 
