@@ -1,4 +1,5 @@
-"""`vcorr report result|summary|crosscheck-davis`: results JSON with provenance, summary table."""
+"""`vcorr report result|summary|crosscheck-davis|figures|page`: results JSON with provenance, summary
+table, charts and overlays, and the HTML page that shows them."""
 
 from __future__ import annotations
 
@@ -45,6 +46,42 @@ def add_parser(subparsers) -> None:
     crosscheck.add_argument("--out", required=True, type=Path)
     crosscheck.set_defaults(func=run_crosscheck)
 
+    figures = actions.add_parser("figures", help="charts of scores and training curves, mask overlays (PNG/GIF)")
+    kinds = figures.add_subparsers(dest="figure", metavar="<figure>", required=True)
+    scores = kinds.add_parser("scores", help="grouped bars per headline metric, method and protocol")
+    scores.add_argument("table", type=Path, metavar="TABLE.csv",
+                        help="results/summary.csv or the cross-protocol table (method, protocol, benchmark, metrics)")
+    scores.add_argument("--metrics", nargs="+", metavar="NAME", help="the metric columns to draw (default: all)")
+    scores.add_argument("--out", required=True, type=Path, metavar="FILE.png")
+    scores.set_defaults(func=run_score_chart)
+    losses = kinds.add_parser("losses", help="training curves, one column of panels per stage")
+    losses.add_argument("stages", nargs="+", metavar="STAGE=metrics.csv", help="a training stage's name and metrics.csv")
+    losses.add_argument("--out", required=True, type=Path, metavar="FILE.png")
+    losses.set_defaults(func=run_loss_curves)
+    strip = kinds.add_parser("overlay", help="ground truth beside prediction on a few frames of a sequence")
+    strip.add_argument("--frames", type=Path, metavar="DIR", help="the sequence's JPEG frames (with --truth)")
+    strip.add_argument("--truth", type=Path, metavar="DIR", help="its ground-truth label PNGs")
+    strip.add_argument("--benchmark", help="instead of --frames/--truth: the sequence's benchmark (davis17, vip ...)")
+    strip.add_argument("--root", type=Path, metavar="DIR", help="with --benchmark: the dataset root")
+    strip.add_argument("--sequence", help="with --benchmark: the sequence (video) name")
+    strip.add_argument("--pred", required=True, type=Path, metavar="DIR", help="its predicted label PNGs")
+    which = strip.add_mutually_exclusive_group()
+    which.add_argument("--count", type=int, default=4, help="frames to show, evenly spaced (default 4)")
+    which.add_argument("--frame", dest="names", action="append", metavar="NAME", help="a frame to show (repeatable)")
+    strip.add_argument("--height", type=int, default=240, help="scale taller frames down to this many pixels")
+    strip.add_argument("--out", required=True, type=Path, metavar="FILE.png|FILE.gif",
+                       help="a .gif is animated (one frame each); anything else is a PNG strip")
+    strip.set_defaults(func=run_overlay)
+
+    page = actions.add_parser("page", help="one self-contained HTML page of tables, charts and overlays")
+    page.add_argument("--table", dest="tables", action="append", default=[], metavar="HEADING=FILE.csv",
+                      help="a score table under a heading (repeatable)")
+    page.add_argument("--images", action="append", default=[], metavar="HEADING=FILE[,FILE...]",
+                      help="images under a heading (repeatable; embedded in the page)")
+    page.add_argument("--title", default="vcorr report")
+    page.add_argument("--out", required=True, type=Path, metavar="FILE.html")
+    page.set_defaults(func=run_page)
+
 
 def run_result(args: argparse.Namespace) -> int:
     from vcorr.report import write_result
@@ -76,4 +113,57 @@ def run_crosscheck(args: argparse.Namespace) -> int:
 
     write_json(args.out, crosscheck_davis(args.data_root, args.predictions, args.subset, args.scores, args.tolerance))
     print(f"{args.out}: vcorr and davis2017-evaluation agree")
+    return 0
+
+
+def _named(values: list[str], what: str) -> dict[str, str]:
+    """`NAME=VALUE` arguments as an ordered mapping; a malformed one is an error naming it."""
+    from vcorr.errors import VcorrError
+
+    named = {}
+    for value in values:
+        name, separator, rest = value.partition("=")
+        if not separator or not name or not rest:
+            raise VcorrError(f"{value!r}: expected {what}")
+        named[name] = rest
+    return named
+
+
+def run_score_chart(args: argparse.Namespace) -> int:
+    from vcorr.report_figures import score_chart
+
+    drawn = score_chart(args.table, args.out, metrics=args.metrics)
+    print(f"{args.out}: {', '.join(drawn)}")
+    return 0
+
+
+def run_loss_curves(args: argparse.Namespace) -> int:
+    from vcorr.report_figures import loss_curves
+
+    terms = loss_curves(_named(args.stages, "STAGE=metrics.csv"), args.out)
+    print(f"{args.out}: " + "; ".join(f"{stage} ({', '.join(names)})" for stage, names in terms.items()))
+    return 0
+
+
+def run_overlay(args: argparse.Namespace) -> int:
+    from vcorr.errors import VcorrError
+    from vcorr.report_figures import overlay_strip, sequence_folders
+
+    if args.benchmark and args.root and args.sequence and not (args.frames or args.truth):
+        frames, truth = sequence_folders(args.benchmark, args.root, args.sequence)
+    elif args.frames and args.truth and not (args.benchmark or args.root or args.sequence):
+        frames, truth = args.frames, args.truth
+    else:
+        raise VcorrError("give either --frames and --truth, or --benchmark, --root and --sequence")
+    shown = overlay_strip(frames, truth, args.pred, args.out, frames=args.names or args.count, height=args.height)
+    print(f"{args.out}: {len(shown)} frames ({', '.join(shown)})")
+    return 0
+
+
+def run_page(args: argparse.Namespace) -> int:
+    from vcorr.report_figures import write_report_page
+
+    images = {heading: value.split(",") for heading, value in _named(args.images, "HEADING=FILE[,FILE...]").items()}
+    write_report_page(args.out, tables=_named(args.tables, "HEADING=FILE.csv"), images=images, title=args.title)
+    print(f"{args.out}: {len(args.tables)} tables, {sum(map(len, images.values()))} images")
     return 0
