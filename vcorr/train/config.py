@@ -119,7 +119,7 @@ def build_config(config_class: type[TrainConfig], values: dict[str, Any], source
                              f"(known: {', '.join(sorted(fields))})")
         fits, checked[key] = _accepts(value, hints[key])
         if not fits:
-            raise VcorrError(f"{source}: {key}: {value!r} is not a {_type_name(hints[key])}")
+            raise VcorrError(f"{source}: {key}: must be {_type_name(hints[key])}, got {value!r}")
     try:
         return config_class(**checked)
     except VcorrError as error:
