@@ -36,7 +36,7 @@ def test_config_yaml_and_overrides(tmp_path):
 @pytest.mark.parametrize("text, overrides, message", [
     ("epochz: 3\n", [], "unknown key 'epochz'"),
     ("epochs: three\n", [], "epochs: must be int, got 'three'"),
-    ("shuffle: 1\n", [], "shuffle: must be bool, got 1"),
+    ("sync_bn: 1\n", [], "sync_bn: must be bool, got 1"),
     ("amp: fp8\n", [], "amp: 'fp8' is not one of"),
     ("epochs: 2\n", ["batch_sise=3"], "unknown key 'batch_sise'"),
     ("method: stt\n", [], "a config for method 'stt'"),
@@ -156,7 +156,7 @@ def test_train_logs_exports_and_reports(tmp_path):
     assert len(events) == 1 and events[0].stat().st_size > 0
     state = load_checkpoint(checkpoint_path(workdir))
     assert (state["epoch"], state["step_in_epoch"], state["global_step"]) == (2, 0, 4)
-    assert state["config"]["epochs"] == 2 and state["config"]["image_size"] == 64
+    assert state["config"]["epochs"] == 2 and state["config"]["image_size"] == 32
     assert "epochs: 2" in (workdir / "config.yaml").read_text()
     assert out.is_file() and torch.load(out, map_location="cpu", weights_only=False)
     # Rerunning a completed run trains no further and exports the same encoder again.

@@ -18,11 +18,11 @@ from PIL import Image
 from vcorr.data.index import INDEX_COLUMNS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-METHOD = "moco"
-CONFIG = REPO_ROOT / "config" / "train" / "moco_v1.yaml"
-# HVC at the smallest size its 32x32 loss grid allows on CPU; one thread so runs are
-# bit-reproducible and do not crowd the machine.
-TINY = ["image_size=64", "batch_size=4", "workers=0", "log_every=1", "arch=resnet18", "queue_size=16"]
+METHOD = "hvc"
+CONFIG = REPO_ROOT / "config" / "train" / "hvc.yaml"
+# HVC on 32x32 crops (4x4 loss grids, stride 8), batch 4; subprocesses run on one thread so that
+# runs are bit-reproducible and do not crowd the machine.
+TINY = ["image_size=32", "batch_size=4", "workers=0", "log_every=1"]
 
 
 def write_images(folder: Path, count: int, *, square: int | None = None, repeat: int = 1) -> Path:
