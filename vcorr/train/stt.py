@@ -130,9 +130,9 @@ class Config(TrainConfig):
                 raise VcorrError(f"{key}: {getattr(self, key)!r} is not one of {', '.join(FORMATS)}")
         if not 0 < self.selection_ratio <= 1:
             raise VcorrError(f"selection_ratio: must be in (0, 1], got {self.selection_ratio}")
-        if self.radius[0] > 2 * self.radius[1] + 1:
+        if self.radius[0] > 2 * self.radius[1]:
             # The pooled level-0 affinity would reach outside the level-1 windows.
-            raise VcorrError(f"radius: level 0's {self.radius[0]} exceeds 2 x level 1's + 1 = {2 * self.radius[1] + 1}")
+            raise VcorrError(f"radius: level 0's {self.radius[0]} exceeds twice level 1's ({self.radius[1]})")
 
 
 # --------------------------------------------------------------------------------------------
@@ -289,7 +289,8 @@ def pooled_affinity(fine: torch.Tensor, fine_radius: int, coarse_radius: int) ->
     batch, height, width, _ = fine.shape
     side = 2 * fine_radius + 1
     fine = fine.reshape(batch, height, width, side, side)
-    # Offsets 2d + b - a (a: target sub-position, b: reference sub-position) span +-(2R_c + 1).
+    # Offsets 2d + b - a (a: target sub-position, b: reference sub-position) span +-(2R_c + 1);
+    # with R_f <= 2R_c (checked by Config) every non-zero pooled entry lies in a coarse window.
     reach = 2 * coarse_radius + 1
     pad = reach - fine_radius
     fine = F.pad(fine, (pad, pad, pad, pad))
