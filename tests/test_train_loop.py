@@ -222,6 +222,9 @@ def test_changed_hyper_parameter_is_refused_unless_restart(tmp_path):
     out.unlink()
     changed = run_train(index, workdir, out, "max_steps=2", "seed=5")
     _refused(changed, out, str(checkpoint_path(workdir)), "seed: 42 -> 5")
+    other_index = write_images(tmp_path / "more", 6)
+    _refused(run_train(other_index, workdir, out, "max_steps=2"), out, str(checkpoint_path(workdir)),
+             "trained on 4 items per epoch", str(other_index))
     # Runtime keys (max_steps, workers, log_every, checkpoint_every) may change: the run continues.
     longer = run_train(index, workdir, out, "max_steps=2", "workers=1")
     assert longer.returncode == 0, longer.stderr

@@ -4,6 +4,7 @@ with the same command ends with the same weights, bit for bit, as a run never in
 from __future__ import annotations
 
 import csv
+import os
 import signal
 import subprocess
 import time
@@ -30,9 +31,10 @@ def _logged_step(workdir) -> int:
 
 
 def _interrupt(index, workdir, out, signum: int, after_step: int, *overrides: str) -> subprocess.Popen:
-    """Start training, wait until it has logged `after_step`, send `signum`; return the process."""
+    """Start training, wait until it has logged `after_step`, send `signum` to all its processes
+    (as Slurm signals every process of a job step: loader workers too); return the process."""
     process = subprocess.Popen(train_command(index, workdir, out, *RUN, *overrides), env=environment(), cwd=REPO_ROOT,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.monotonic() + 240
     while _logged_step(workdir) < after_step:
         if process.poll() is not None:
@@ -41,7 +43,7 @@ def _interrupt(index, workdir, out, signum: int, after_step: int, *overrides: st
             process.kill()
             pytest.fail(f"no step {after_step} within 240 s")
         time.sleep(0.02)
-    process.send_signal(signum)
+    os.killpg(process.pid, signum)
     process.wait(timeout=240)
     return process
 
@@ -98,7 +100,8 @@ def test_sigterm_checkpoints_mid_epoch_and_rerun_is_bit_identical(data, uninterr
     workdir, out = tmp_path / "work", tmp_path / "encoder.pth"
     # checkpoint_every=0: only epoch ends are scheduled, so the checkpoint after the signal (mid
     # epoch 1) is the one the signal wrote, with the sampler's position inside the epoch.
-    stopped = _interrupt(data, workdir, out, signal.SIGTERM, 4, "checkpoint_every=0")
+    # One loader worker: it must survive the signal (the training process stops it).
+    stopped = _interrupt(data, workdir, out, signal.SIGTERM, 4, "checkpoint_every=0", "workers=1")
     message = stopped.stderr.read()
     assert stopped.returncode == 128 + signal.SIGTERM, message
     assert "SIGTERM received: stopped after step" in message

@@ -83,6 +83,7 @@ class Run:
     device: torch.device
     amp_dtype: torch.dtype | None
     index: Any  # the index table
+    index_path: str
     model: nn.Module  # DDP-wrapped when world size > 1
     optimizer: torch.optim.Optimizer
     scheduler: Any
@@ -224,6 +225,9 @@ def prepare(method: str, config: TrainConfig, index_path: str | Path, workdir: s
     length = len(module.build_dataset(config, index, epoch_seed=position.epoch))
     if length == 0:
         raise VcorrError(f"{index_path}: method '{method}' finds no training items in this index")
+    if state is not None and state["items"] != length:
+        raise VcorrError(f"{checkpoint_path(workdir)}: trained on {state['items']} items per epoch ({state['index']}), "
+                         f"but {index_path} gives {length}: use the same index, or --restart")
     sampler = ResumableSampler(length, batch_size=config.batch_size // world, shuffle=config.shuffle,
                                seed=config.seed, rank=distributed.rank(), world_size=world)
     steps_per_epoch = sampler.batches_per_epoch()
@@ -247,16 +251,17 @@ def prepare(method: str, config: TrainConfig, index_path: str | Path, workdir: s
         if len(state["rng"]) == world:
             set_rng_state(state["rng"][distributed.rank()])
         elif distributed.is_main():
-            print(f"warning: {checkpoint_path(workdir)} was written by {len(state['rng'])} processes, "
-                  f"not {world}: global RNG streams restart from the seed", file=sys.stderr)
+            print(f"warning: {checkpoint_path(workdir)} was written by {len(state['rng'])} processes, not "
+                  f"{world}: the global RNGs restart from the seed and the rest of the epoch is split over "
+                  "ranks differently (resume is exact only with the same number of processes)", file=sys.stderr)
     if world > 1:
         ids = [torch_device.index] if torch_device.type == "cuda" else None
         model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
     from vcorr.report import git_state
 
-    run = Run(method, module, config, torch_device, amp_dtype, index, model, optimizer, scheduler, scaler,
-              sampler, steps_per_epoch, last_step, position, workdir, git_state())
+    run = Run(method, module, config, torch_device, amp_dtype, index, str(index_path), model, optimizer, scheduler,
+              scaler, sampler, steps_per_epoch, last_step, position, workdir, git_state())
     return run, state
 
 
@@ -282,6 +287,8 @@ def save(run: Run) -> None:
         "step_in_epoch": step_in_epoch,
         "global_step": position.global_step,
         "steps_per_epoch": run.steps_per_epoch,
+        "items": run.sampler.length,
+        "index": run.index_path,
         "world_size": distributed.world_size(),
         "rng": rng,
         "git_commit": run.git.get("commit"),
@@ -289,6 +296,13 @@ def save(run: Run) -> None:
         "vcorr_version": __version__,
         "torch_version": torch.__version__,
     })
+
+
+def _ignore_stop_signals(worker: int) -> None:
+    # Slurm signals every process of the job step: a loader worker must not die of the SIGTERM
+    # meant for the training process, which stops the workers itself after checkpointing.
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def make_loader(run: Run) -> DataLoader:
@@ -300,7 +314,8 @@ def make_loader(run: Run) -> DataLoader:
     # mid-epoch on resume does not shift the global RNG stream.
     generator = torch.Generator().manual_seed(config.seed + position.epoch)
     return DataLoader(dataset, batch_size=run.sampler.batch_size, sampler=run.sampler, num_workers=config.workers,
-                      pin_memory=run.device.type == "cuda", drop_last=False, generator=generator)
+                      pin_memory=run.device.type == "cuda", drop_last=False, generator=generator,
+                      worker_init_fn=_ignore_stop_signals)
 
 
 def train_one_epoch(run: Run, loader: DataLoader, after_step: Callable[[torch.Tensor, dict[str, float], int], None]) -> bool:
@@ -382,9 +397,10 @@ def _write_config(run: Run) -> None:
         temporary.write_text(yaml.safe_dump(config, sort_keys=False))
 
 
-def export(run: Run, out: Path, index_path: str | Path) -> None:
+def export(run: Run, out: Path) -> None:
+    """The method's export of the trained model to `out`, atomically."""
     meta = {"method": run.method, "config": run.config.as_dict(), "steps": run.position.global_step,
-            "epochs": run.config.epochs, "index": str(index_path), "git_commit": run.git.get("commit"),
+            "epochs": run.config.epochs, "index": run.index_path, "git_commit": run.git.get("commit"),
             "vcorr_version": __version__}
     exported = run.module.export(run.unwrapped, run.config, meta)
     with atomic_file(out) as temporary:
@@ -426,7 +442,7 @@ def train(method: str, config: TrainConfig, index_path: str | Path, workdir: str
                     log.close()
             seconds = time.perf_counter() - started
             if main:
-                export(run, out, index_path)
+                export(run, out)
             distributed.barrier()
     except VcorrError as error:
         message = str(error)
