@@ -253,13 +253,13 @@ def dense_window_correlation(tar, ref, radius):
 
 
 @pytest.mark.parametrize("shape,radius,tile,chunk", [
-    ((2, 5, 7, 9), 3, 16, 64),      # one tile, window wider than half the image
-    ((1, 3, 21, 18), 4, 8, 1),      # several tiles, ragged edges, one tile per GEMM chunk
-    ((2, 4, 33, 40), 12, 16, 3),    # level-0 radius
+    ((2, 5, 7, 9), 3, 16, 2**22),   # one tile, window wider than half the image
+    ((3, 3, 21, 18), 4, 8, 1),      # several tiles, ragged edges, one batch element per GEMM
+    ((3, 4, 33, 40), 12, 16, 2 * 3 * 256 * 40**2),  # level-0 radius, two batch elements per GEMM
 ])
 def test_window_correlation_equals_dense_forward_and_backward(monkeypatch, shape, radius, tile, chunk):
     monkeypatch.setattr(correlation, "TILE", tile)
-    monkeypatch.setattr(correlation, "TILES_PER_CHUNK", chunk)
+    monkeypatch.setattr(correlation, "CHUNK_FLOATS", chunk)
     g = torch.Generator().manual_seed(sum(shape))
     tar = torch.randn(*shape, generator=g, dtype=torch.float64, requires_grad=True)
     ref = torch.randn(*shape, generator=g, dtype=torch.float64, requires_grad=True)
@@ -273,10 +273,10 @@ def test_window_correlation_equals_dense_forward_and_backward(monkeypatch, shape
         assert torch.allclose(got, want, atol=1e-12)
 
 
-def test_window_apply_equals_dense():
+def test_window_apply_equals_dense_forward_and_backward():
     g = torch.Generator().manual_seed(1)
-    weights = torch.rand(2, 6, 7, 25, generator=g, dtype=torch.float64)
-    values = torch.randn(2, 3, 6, 7, generator=g, dtype=torch.float64)
+    weights = torch.rand(2, 6, 7, 25, generator=g, dtype=torch.float64, requires_grad=True)
+    values = torch.randn(2, 3, 6, 7, generator=g, dtype=torch.float64, requires_grad=True)
     ours = correlation.window_apply(weights, values, 2)
     dy, dx = correlation.window_offsets(2)
     expected = torch.zeros_like(ours)
@@ -286,6 +286,11 @@ def test_window_apply_equals_dense():
             if 0 <= v < 6 and 0 <= u < 7:
                 expected[:, :, y, x] += weights[:, y, x, k, None] * values[:, :, v, u]
     assert torch.allclose(ours, expected, atol=1e-12)
+    upstream = torch.randn(ours.shape, generator=g, dtype=torch.float64)
+    grads = torch.autograd.grad((ours * upstream).sum(), (weights, values))
+    expected_grads = torch.autograd.grad((expected * upstream).sum(), (weights, values))
+    for got, want in zip(grads, expected_grads):
+        assert torch.allclose(got, want, atol=1e-12)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -63,7 +63,7 @@ from vcorr.models.checkpoints import FORMATS, _rule_stt, load_weights
 from vcorr.models.encoders import EncoderSpec, ResNetEncoder
 from vcorr.train import distributed
 from vcorr.train.config import TrainConfig
-from vcorr.train.correlation import window_apply, window_correlation, window_softmax
+from vcorr.train.correlation import window_apply, window_correlation, window_softmax_
 from vcorr.train.data import check_images, load_rgb, sample_generator
 
 log = logging.getLogger(__name__)
@@ -275,11 +275,14 @@ def teacher_backbone(cfg: Config) -> ResNet:
 # --------------------------------------------------------------------------------------------
 # Losses.
 
-def local_affinity(tar: torch.Tensor, ref: torch.Tensor, radius: int) -> tuple[torch.Tensor, torch.Tensor]:
+def local_affinity(tar: torch.Tensor, ref: torch.Tensor, radius: int,
+                   keep_raw: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(A, raw): `A = softmax_window(<tar, ref> / sqrt(C))` `[B, h, w, K]` with out-of-image
-    entries excluded, and the raw window correlation (0 outside the image)."""
+    entries excluded, and (with `keep_raw`) a detached copy of the raw window correlation (0
+    outside the image). The scaling and masking run in place: A's memory is two windows."""
     raw = window_correlation(tar, ref, radius)
-    return window_softmax(raw / math.sqrt(tar.shape[1]), radius), raw
+    kept = raw.detach().clone() if keep_raw else None
+    return window_softmax_(raw.div_(math.sqrt(tar.shape[1])), radius), kept
 
 
 def pooled_affinity(fine: torch.Tensor, fine_radius: int, coarse_radius: int) -> torch.Tensor:
@@ -363,11 +366,12 @@ def loss_terms(tar: list[torch.Tensor], ref: list[torch.Tensor], teacher_tar: to
     if dropped not in DROPPABLE:
         raise VcorrError(f"dropped: the reconstructed Lab channel must be 1 or 2, got {dropped}")
     losses: dict[str, torch.Tensor] = {}
-    affinities, raws = [], []
+    affinities = []
     target_channel = lab_tar[:, dropped: dropped + 1]
     for level, weight in enumerate((cfg.weight_stage0, cfg.weight_stage1)):
         radius = cfg.radius[level]
-        affinity, raw = local_affinity(tar[level], ref[level], radius)
+        # The selection map reads level 1's raw correlation.
+        affinity, raw = local_affinity(tar[level], ref[level], radius, keep_raw=level == 1)
         stride = lab_ref.shape[-1] // tar[level].shape[-1]
         reference = lab_ref[:, dropped: dropped + 1, ::stride, ::stride]
         reconstruction = window_apply(affinity, reference, radius)
@@ -375,13 +379,11 @@ def loss_terms(tar: list[torch.Tensor], ref: list[torch.Tensor], teacher_tar: to
         scale = cfg.reconstruction_weight
         losses[f"stage{level}_l1_loss"] = weight * F.smooth_l1_loss(upsampled * scale, target_channel * scale)
         affinities.append(affinity)
-        raws.append(raw)
 
     with torch.no_grad():
-        selected = selection_map(raws[1].detach(), cfg.selection_ratio, cfg.selection)
-    pooled = pooled_affinity(affinities[0], cfg.radius[0], cfg.radius[1])
-    if cfg.detach_target:
-        pooled = pooled.detach()
+        selected = selection_map(raw, cfg.selection_ratio, cfg.selection)
+    with torch.set_grad_enabled(torch.is_grad_enabled() and not cfg.detach_target):
+        pooled = pooled_affinity(affinities[0], cfg.radius[0], cfg.radius[1])
     squared = (affinities[1] - pooled).pow(2).sum(-1)
     # mmcv's masked mean: the weight of a target row is repeated over all h*w reference columns.
     references = tar[1].shape[-2] * tar[1].shape[-1]
