@@ -219,8 +219,8 @@ class _WindowApply(torch.autograd.Function):
             size = 2 * radius + 1
             for item in range(batch):
                 columns = weights[item].reshape(1, height * width, -1) * grad[item]  # [C, hw, K]
-                grad_values[item] = F.fold(columns.transpose(1, 2), output_size=(height, width),
-                                           kernel_size=size, padding=radius)[0]
+                columns = columns.transpose(1, 2).reshape(1, channels * size * size, height * width)
+                grad_values[item] = F.fold(columns, output_size=(height, width), kernel_size=size, padding=radius)[0]
         return grad_weights, grad_values, None
 
 
