@@ -525,7 +525,7 @@ def test_short_training_run_lowers_the_loss(tmp_path):
         loss.backward()
         optimizer.step()
         scheduler.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
 
 
