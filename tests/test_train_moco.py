@@ -359,3 +359,30 @@ def test_vcorr_train_moco_runs_and_exports_the_official_layout(tmp_path):
     encoder = build_encoder("hvc_r18_train")  # a torchvision R18 with every stage, as the export holds
     report = load_weights(encoder, out, "moco")
     assert report.complete and not report.unexpected and not report.notes
+
+
+def test_vcorr_train_moco_resumes_exactly(tmp_path, one_thread, capsys):
+    # Queue, pointer, key encoder and the global RNG that draws the shuffle all come back: two
+    # steps, then a rerun to four, equals four steps at once.
+    from vcorr.cli import main
+
+    (tmp_path / "images").mkdir()
+    write_images(tmp_path / "images", 8).to_csv(tmp_path / "index.csv", index=False)
+
+    def run(workdir: str, steps: int) -> dict:
+        settings = ["arch=resnet18", "image_size=32", "batch_size=4", "queue_size=8", "dim=8", "workers=0",
+                    "epochs=2", f"max_steps={steps}"]
+        out = tmp_path / f"{workdir}.pth.tar"
+        argv = ["train", "--method", "moco", "--config", str(REPO_ROOT / "config/train/moco_v1.yaml"),
+                "--data", str(tmp_path / "index.csv"), "--workdir", str(tmp_path / workdir), "--out", str(out),
+                "--device", "cpu"] + [item for setting in settings for item in ("--set", setting)]
+        assert main(argv) == 0
+        return torch.load(out, weights_only=True)["state_dict"]
+
+    run("resumed", 2)
+    resumed = run("resumed", 4)
+    assert "resumed at step 2)" in capsys.readouterr().out
+    straight = run("straight", 4)
+    assert int(straight["module.queue_ptr"]) == 0  # 4 steps x 4 keys wrapped the queue of 8 twice
+    for key, value in straight.items():
+        assert torch.equal(resumed[key], value), key
