@@ -25,6 +25,15 @@ from vcorr.train.config import load_config
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: runs are reproducible and do not crowd a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def tiny_moco(**overrides) -> moco.MoCo:
     torch.manual_seed(0)
     settings = dict(arch="resnet18", dim=8, queue_size=16, key_momentum=0.9, temperature=0.2, mlp=False)
@@ -302,16 +311,7 @@ def test_unreadable_image_names_the_file(tmp_path):
         dataset[1]
 
 
-@pytest.fixture
-def one_thread():
-    """One intra-op thread: the run is reproducible and does not crowd a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def test_short_cpu_run_lowers_the_loss(one_thread):
+def test_short_cpu_run_lowers_the_loss():
     # Instance discrimination of 16 random 16x16 images whose two views are independent noisy
     # copies (MoCo's image augmentations slow a tiny run down to hundreds of steps; they are
     # exercised through `vcorr train` below). R18, queue of 16, 60 steps: about ten seconds.
@@ -361,7 +361,7 @@ def test_vcorr_train_moco_runs_and_exports_the_official_layout(tmp_path):
     assert report.complete and not report.unexpected and not report.notes
 
 
-def test_vcorr_train_moco_resumes_exactly(tmp_path, one_thread, capsys):
+def test_vcorr_train_moco_resumes_exactly(tmp_path, capsys):
     # Queue, pointer, key encoder and the global RNG that draws the shuffle all come back: two
     # steps, then a rerun to four, equals four steps at once.
     from vcorr.cli import main

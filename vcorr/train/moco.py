@@ -144,7 +144,9 @@ class MoCo(nn.Module):
         count = keys.shape[0]
         ptr = int(self.queue_ptr)
         if self.queue_size % count:
-            raise VcorrError(f"MoCo queue: size {self.queue_size} is not a multiple of the global batch {count}")
+            # MoCo asserts this; its loader drops an epoch's last partial batch (drop_last=True).
+            raise VcorrError(f"MoCo queue: size {self.queue_size} is not a multiple of the global batch {count} "
+                             f"(a partial last batch? MoCo drops it)")
         self.queue[:, ptr:ptr + count] = keys.T.to(self.queue.dtype)
         self.queue_ptr[0] = (ptr + count) % self.queue_size
 
