@@ -178,9 +178,12 @@ class MoCo(nn.Module):
 
 
 def contrastive_logits(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float) -> torch.Tensor:
-    """`[N, 1 + K]`: q.k (the positive, column 0) then q against every queue column, over T."""
-    positive = (q * k).sum(dim=1, keepdim=True)
-    negative = q @ queue.to(q.dtype)
+    """`[N, 1 + K]`: q.k (the positive, column 0) then q against every queue column, over T.
+
+    As einsums (MoCo's reductions): the float rounding, hence the training run, matches MoCo's bit
+    for bit on the CPU."""
+    positive = torch.einsum("nc,nc->n", q, k)[:, None]
+    negative = torch.einsum("nc,ck->nk", q, queue.to(q.dtype))
     return torch.cat([positive, negative], dim=1) / temperature
 
 
