@@ -242,14 +242,17 @@ def positive_pairs(coord_q: Tensor, coord_k: Tensor, height: int, width: int, po
 
 
 def _pair_sums(pairs: tuple[Tensor, Tensor, Tensor], a: Tensor, b: Tensor) -> Tensor:
-    """`sum over positive pairs (n, p, r) of a[n, :, p] . b[n, :, r]`, per sample `[N]` (float32)."""
+    """`sum over positive pairs (n, p, r) of a[n, :, p] . b[n, :, r]`, per sample `[N]`, in float32
+    at least (half-precision features under AMP are summed in float32)."""
     n, cell_a, cell_b = pairs
     samples, channels = a.shape[:2]
     cells = a.shape[2] * a.shape[3]
+    dtype = torch.promote_types(torch.promote_types(a.dtype, b.dtype), torch.float32)
     rows = torch.stack((n * cells + cell_a, n * cells + cell_b))
-    mask = torch.sparse_coo_tensor(rows, torch.ones(n.numel(), device=a.device), (samples * cells,) * 2, check_invariants=False)
-    a_cells = a.float().permute(0, 2, 3, 1).reshape(samples * cells, channels)
-    b_cells = b.float().permute(0, 2, 3, 1).reshape(samples * cells, channels)
+    ones = torch.ones(n.numel(), dtype=dtype, device=a.device)
+    mask = torch.sparse_coo_tensor(rows, ones, (samples * cells,) * 2, check_invariants=False)
+    a_cells = a.to(dtype).permute(0, 2, 3, 1).reshape(samples * cells, channels)
+    b_cells = b.to(dtype).permute(0, 2, 3, 1).reshape(samples * cells, channels)
     # Row p of mask @ b_cells = sum of b over the positives of query cell p: a sparse product, so
     # the [N, HW, HW] logits of the dense formulation are never formed.
     gathered = torch.sparse.mm(mask, b_cells)
@@ -267,7 +270,7 @@ def hybrid_loss(q: Tensor, k: Tensor, coord_q: Tensor, coord_k: Tensor, flow: nn
     N, _, H, W = q.shape
     pairs = positive_pairs(coord_q, coord_k, H, W, pos_radius)
     positives = torch.bincount(pairs[0], minlength=N)
-    denominator = positives.to(torch.float32) + 1e-6
+    denominator = positives.to(torch.promote_types(q.dtype, torch.float32)) + 1e-6
     flow_forward = F.normalize(flow(q, k), dim=1)
     flow_backward = F.normalize(flow(k, q), dim=1)
     with torch.autocast(q.device.type, enabled=False):
