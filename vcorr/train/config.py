@@ -31,7 +31,7 @@ class TrainConfig:
     workers: int = 4  # DataLoader worker processes (0 = load in the training process)
     seed: int = 42
     shuffle: bool = True
-    amp: bool | str = "off"  # "off", "fp16" (with GradScaler) or "bf16"; CUDA only; true = fp16
+    amp: bool | str = "off"  # "off", "fp16" (with GradScaler) or "bf16"; true = fp16. CUDA only: on CPU ignored with a warning
     checkpoint_every: int = 0  # steps between rolling checkpoints; 0 = at the end of each epoch only
     log_every: int = 10  # steps between metrics.csv / TensorBoard rows
     max_steps: int | None = None  # stop after this many steps (demos, tests); schedules keep `epochs`

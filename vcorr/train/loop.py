@@ -323,22 +323,30 @@ def train_one_epoch(run: Run, loader: DataLoader, after_step: Callable[[torch.Te
     `after_step(loss, terms, images)` runs after each step (logging, checkpoints, signals)."""
     training_step = run.module.training_step
     run.model.train()
-    for batch in loader:
-        batch = tuple(tensor.to(run.device, non_blocking=True) for tensor in batch)
-        with torch.autocast(run.device.type, dtype=run.amp_dtype or torch.float32, enabled=run.amp_dtype is not None):
-            loss, terms = training_step(run.model, batch)
-        run.optimizer.zero_grad(set_to_none=True)
-        run.scaler.scale(loss).backward()
-        run.scaler.step(run.optimizer)
-        run.scaler.update()
-        if run.scheduler is not None:
-            run.scheduler.step()
-        run.position.step_in_epoch += 1
-        run.position.global_step += 1
-        after_step(loss, terms, len(batch[0]))
-        if run.position.global_step >= run.last_step:
-            return True
-    return False
+    batches = iter(loader)
+    try:
+        for batch in batches:
+            batch = tuple(tensor.to(run.device, non_blocking=True) for tensor in batch)
+            with torch.autocast(run.device.type, dtype=run.amp_dtype or torch.float32, enabled=run.amp_dtype is not None):
+                loss, terms = training_step(run.model, batch)
+            run.optimizer.zero_grad(set_to_none=True)
+            run.scaler.scale(loss).backward()
+            run.scaler.step(run.optimizer)
+            run.scaler.update()
+            if run.scheduler is not None:
+                run.scheduler.step()
+            run.position.step_in_epoch += 1
+            run.position.global_step += 1
+            after_step(loss, terms, len(batch[0]))
+            if run.position.global_step >= run.last_step:
+                return True
+        return False
+    finally:
+        # Stop the workers now, even when an exception keeps the iterator referenced: they ignore
+        # SIGTERM (see `_ignore_stop_signals`), so one left to multiprocessing's exit handler,
+        # which terminates workers with SIGTERM, would never end.
+        if hasattr(batches, "_shutdown_workers"):
+            batches._shutdown_workers()
 
 
 class _StepHooks:
