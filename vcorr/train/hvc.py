@@ -151,7 +151,13 @@ class FlowHead(nn.Module):
         self.bn2 = nn.BatchNorm2d(out_dim)
 
     def forward(self, a: Tensor, b: Tensor) -> Tensor:
-        x = self.relu1(self.bn1(self.conv1(torch.cat((a, b), dim=1))))
+        # conv1(concat(a, b)) as the sum of its two halves: the same function without the
+        # concatenated copy (and without its saved copy for backward, nor a gradient for b
+        # when b, the target features, needs none).
+        channels = a.shape[1]
+        weight = self.conv1.weight
+        x = F.conv2d(a, weight[:, :channels]) + F.conv2d(b, weight[:, channels:], self.conv1.bias)
+        x = self.relu1(self.bn1(x))
         return self.bn2(self.conv2(x))
 
 
@@ -243,20 +249,13 @@ def positive_pairs(coord_q: Tensor, coord_k: Tensor, height: int, width: int, po
 
 def _pair_sums(pairs: tuple[Tensor, Tensor, Tensor], a: Tensor, b: Tensor) -> Tensor:
     """`sum over positive pairs (n, p, r) of a[n, :, p] . b[n, :, r]`, per sample `[N]`, in float32
-    at least (half-precision features under AMP are summed in float32)."""
+    at least (half-precision features under AMP are summed in float32). Only the pairs' feature
+    vectors are gathered: memory grows with the number of positives, not with HW x HW."""
     n, cell_a, cell_b = pairs
-    samples, channels = a.shape[:2]
-    cells = a.shape[2] * a.shape[3]
     dtype = torch.promote_types(torch.promote_types(a.dtype, b.dtype), torch.float32)
-    rows = torch.stack((n * cells + cell_a, n * cells + cell_b))
-    ones = torch.ones(n.numel(), dtype=dtype, device=a.device)
-    mask = torch.sparse_coo_tensor(rows, ones, (samples * cells,) * 2, check_invariants=False)
-    a_cells = a.to(dtype).permute(0, 2, 3, 1).reshape(samples * cells, channels)
-    b_cells = b.to(dtype).permute(0, 2, 3, 1).reshape(samples * cells, channels)
-    # Row p of mask @ b_cells = sum of b over the positives of query cell p: a sparse product, so
-    # the [N, HW, HW] logits of the dense formulation are never formed.
-    gathered = torch.sparse.mm(mask, b_cells)
-    return (a_cells * gathered).sum(1).view(samples, cells).sum(1)
+    a_pairs = a.flatten(2)[n, :, cell_a].to(dtype)  # [P, C]
+    b_pairs = b.flatten(2)[n, :, cell_b].to(dtype)
+    return torch.zeros(len(a), dtype=dtype, device=a.device).index_add(0, n, (a_pairs * b_pairs).sum(1))
 
 
 def hybrid_loss(q: Tensor, k: Tensor, coord_q: Tensor, coord_k: Tensor, flow: nn.Module, pos_radius: float = 0.1) -> tuple[Tensor, dict[str, Tensor]]:
