@@ -92,6 +92,7 @@ def duplicated(tmp_path_factory):
     return write_images(tmp_path_factory.mktemp("images"), 4, square=40, repeat=2)
 
 
+@pytest.mark.slow
 def test_two_ranks_match_one_process_and_only_rank_0_writes(duplicated, tmp_path):
     mp.spawn(_rank, args=(2, _free_port(), str(tmp_path), str(duplicated)), nprocs=2, join=True)
     assert not (tmp_path / "work1").exists() and not (tmp_path / "out1").exists()

@@ -77,6 +77,7 @@ def uninterrupted(data, tmp_path_factory):
     return _final(folder / "work", folder / "encoder.pth")
 
 
+@pytest.mark.slow
 def test_sigkill_then_rerun_is_bit_identical(data, uninterrupted, tmp_path):
     workdir, out = tmp_path / "work", tmp_path / "encoder.pth"
     # Checkpoints every 2 steps; the kill comes after step 5 was logged, so the rerun restarts from
