@@ -33,7 +33,7 @@ class TrainConfig:
     shuffle: bool = True
     amp: bool | str = "off"  # "off", "fp16" (with GradScaler) or "bf16"; true = fp16. CUDA only: on CPU ignored with a warning
     checkpoint_every: int = 0  # steps between rolling checkpoints; 0 = at the end of each epoch only
-    log_every: int = 10  # steps between metrics.csv / TensorBoard rows
+    log_every: int = 10  # steps between metrics.csv / TensorBoard rows (means over the steps); 0 = epoch ends only
     max_steps: int | None = None  # stop after this many steps (demos, tests); schedules keep `epochs`
     image_size: int = 256
     sync_bn: bool = False  # convert BatchNorm to SyncBatchNorm under DDP (batch statistics over all ranks)
