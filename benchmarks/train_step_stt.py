@@ -10,7 +10,7 @@ threads (or CUDA with `--device cuda`):
   masked correlation (`[hw, hw]` logits, -inf outside the window, dense softmax, bmm).
 Each measurement runs in a fresh process: seconds (best of `--repeat`), then one more run for
 the peak tensor memory it adds above its inputs (CPU: the profiler's allocation events; CUDA:
-`max_memory_allocated`), with the CPU's peak-RSS growth beside it.
+`max_memory_allocated`), with the peak-RSS growth over the timed runs beside it.
 Prints one line per measurement, the ratios and the command.
 
     python benchmarks/train_step_stt.py [--threads 2] [--clips 16] [--size 256] [--repeat 2]
@@ -36,20 +36,19 @@ from vcorr.train import correlation, stt
 LEVELS = {"level0": (128, 4, 12), "level1": (256, 8, 6)}  # R18 channels, stride, radius
 
 
-def added_peak_bytes(run, device: str) -> tuple[int, int]:
-    """(peak of the tensor memory `run` allocates above what exists before it, peak RSS growth).
+def added_peak_bytes(run, device: str) -> int:
+    """The peak of the tensor memory `run` allocates above what exists before it.
 
     CUDA: `max_memory_allocated`. CPU: the running sum of the profiler's allocation events (the
-    RSS growth is printed beside it; glibc keeps freed blocks of up to 32 MB mapped, so RSS
-    overstates code that allocates many medium-sized tensors)."""
+    peak-RSS growth over the timed runs is printed beside it; glibc keeps freed blocks of up to
+    32 MB mapped, so RSS overstates code that allocates many medium-sized tensors)."""
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
         run()
         torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - before, 0
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        return torch.cuda.max_memory_allocated() - before
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as profiler:
         run()
     events = sorted((event for event in profiler.profiler.kineto_results.events() if event.name() == "[memory]"),
@@ -58,7 +57,7 @@ def added_peak_bytes(run, device: str) -> tuple[int, int]:
     for event in events:
         live += event.nbytes()
         peak = max(peak, live)
-    return peak, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss_before
+    return peak
 
 
 def dense_level_loss(tar, ref, values, target, radius):
@@ -115,6 +114,7 @@ def child(part: str, variant: str, args) -> dict:
             level_loss(tar, ref, values, target, radius).backward()
             tar.grad = ref.grad = None
 
+    rss_start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     times = []
     for _ in range(args.repeat):
         sync(device)
@@ -122,7 +122,8 @@ def child(part: str, variant: str, args) -> dict:
         run()
         sync(device)
         times.append(time.perf_counter() - start)
-    peak, rss = added_peak_bytes(run, device)
+    peak = added_peak_bytes(run, device)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss_start
     return {"part": part, "variant": variant, "seconds": min(times), "peak_gb": peak / 1024**3,
             "rss_gb": rss / 1024**3}
 

@@ -7,15 +7,14 @@ image — mmcv's `Correlation` definition, kernel size 1, no normalisation), as 
 K = (2R+1)^2 displacements in row-major order (dy outer, dx inner; `F.unfold`'s kernel order).
 `window_valid(h, w, radius)` says which of them lie inside the image.
 
-How: the target is cut into T x T tiles; each tile needs the (T+2R) x (T+2R) reference region
-around it (`F.unfold` of the zero-padded reference, stride T), one batched GEMM gives the tiles'
-dense correlation against their regions, and a fixed index picks each position's window out of
-it. The GEMMs run one row of tiles and a few batch elements at a time (`CHUNK_FLOATS` per dense
-block), so the transient memory is bounded whatever the batch and image size. Only the inputs
-are saved for backward: a custom autograd function recomputes the regions, scatters the window
-gradients into dense blocks and runs the two transposed GEMMs, folding the region gradients back
-with `F.fold`. Memory therefore grows with (2R+1)^2 * h * w, never with (h*w)^2, and no
-CUDA-only operator is needed.
+How: for each batch element and row displacement dy, one batched GEMM over the image rows
+(`[w, C] x [C, w + 2R]` per row, the reference zero-padded) gives every target x against every
+reference x' of the displaced row, and the |dx| <= R band of that block is the window row (a
+strided view; no unfold). The transient memory is one such block; only the inputs are saved for
+backward, where a custom autograd function writes the gradient band into the block and runs the
+two transposed GEMMs. Memory therefore grows with (2R+1)^2 * h * w, never with (h*w)^2; the work
+is (2R+1) * (w+2R) products per position against h*w for the dense correlation; no CUDA-only
+operator is needed.
 
 `window_apply(weights, values, radius)` is the matching read-out `out[c, y, x] = sum_k
 weights[y, x, k] * values[c, y + dy_k, x + dx_k]` (values zero outside), e.g. the reconstruction
@@ -26,13 +25,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-
-# Target tile side: a tile's dense block is T^2 x (T+2R)^2, (1 + 2R/T)^2 times its windows'
-# entries (6.25 / 4 at R = 12 / 6), against h*w / (2R+1)^2 for the dense correlation.
-TILE = 16
-# Floats in one GEMM's dense block: bounds the transient memory, whatever the batch and size.
-CHUNK_FLOATS = 2**22
-
 
 def window_size(radius: int) -> int:
     return (2 * radius + 1) ** 2
@@ -53,123 +45,61 @@ def window_valid(height: int, width: int, radius: int, device: torch.device | No
     return (ys >= 0) & (ys < height) & (xs >= 0) & (xs < width)
 
 
-class _Tiling:
-    """Tiles of the target, processed one row of tiles and a few batch elements at a time."""
+def _rows_layout(ref: torch.Tensor, radius: int) -> torch.Tensor:
+    """`[B, C, h, w]` -> `[B, h + 2R, C, w + 2R]`: zero-padded, each image row a `[C, w + 2R]` block."""
+    return F.pad(ref, (radius, radius, radius, radius)).permute(0, 2, 1, 3).contiguous()
 
-    def __init__(self, tar: torch.Tensor, radius: int):
-        self.batch, self.channels, self.height, self.width = tar.shape
-        self.radius = radius
-        self.tile = min(TILE, max(self.height, self.width))
-        self.rows = -(-self.height // self.tile)
-        self.cols = -(-self.width // self.tile)
-        self.span = self.tile + 2 * radius
-        dense_per_element = self.cols * self.tile**2 * self.span**2
-        self.batch_chunk = max(1, CHUNK_FLOATS // dense_per_element)
-        # index[t, k]: where target t of a tile finds window entry k in its region (row-major).
-        device = tar.device
-        ty, tx = torch.meshgrid(torch.arange(self.tile, device=device), torch.arange(self.tile, device=device),
-                                indexing="ij")
-        dy, dx = window_offsets(radius, device)
-        self.index = ((ty.reshape(-1, 1) + radius + dy) * self.span + tx.reshape(-1, 1) + radius + dx).unsqueeze(0)
 
-    @property
-    def padded(self) -> tuple[int, int]:
-        return self.rows * self.tile, self.cols * self.tile
-
-    def pad_tar(self, tar: torch.Tensor) -> torch.Tensor:
-        padded_h, padded_w = self.padded
-        return F.pad(tar, (0, padded_w - self.width, 0, padded_h - self.height))
-
-    def pad_ref(self, ref: torch.Tensor) -> torch.Tensor:
-        padded_h, padded_w = self.padded
-        r = self.radius
-        return F.pad(ref, (r, r + padded_w - self.width, r, r + padded_h - self.height))
-
-    def parts(self):
-        """(batch slice, tile row, target rows slice, reference region rows slice) per GEMM."""
-        for row in range(self.rows):
-            for start in range(0, self.batch, self.batch_chunk):
-                yield (slice(start, min(start + self.batch_chunk, self.batch)), row,
-                       slice(row * self.tile, (row + 1) * self.tile), slice(row * self.tile, row * self.tile + self.span))
-
-    def tar_tiles(self, tar_pad: torch.Tensor, batch: slice, rows: slice) -> torch.Tensor:
-        """One row of target tiles `[b * cols, T^2, C]`."""
-        part = tar_pad[batch, :, rows]
-        t = self.tile
-        part = part.reshape(part.shape[0], self.channels, t, self.cols, t).permute(0, 3, 2, 4, 1)
-        return part.reshape(-1, t * t, self.channels)
-
-    def regions(self, ref_pad: torch.Tensor, batch: slice, region_rows: slice) -> torch.Tensor:
-        """The reference regions `[b * cols, C, (T+2R)^2]` of one row of tiles."""
-        strip = ref_pad[batch, :, region_rows]
-        unfolded = F.unfold(strip, kernel_size=self.span, stride=self.tile)
-        count = strip.shape[0]
-        return unfolded.reshape(count, self.channels, self.span**2, self.cols).permute(0, 3, 1, 2).reshape(
-            count * self.cols, self.channels, self.span**2)
-
-    def per_position(self, tiles: torch.Tensor) -> torch.Tensor:
-        """`[b * cols, T^2, D]` -> `[b, T, cols * T, D]` (one row of tiles back in image order)."""
-        t, depth = self.tile, tiles.shape[-1]
-        grid = tiles.reshape(-1, self.cols, t, t, depth).permute(0, 2, 1, 3, 4)
-        return grid.reshape(grid.shape[0], t, self.cols * t, depth)
-
-    def tiled(self, rows: torch.Tensor) -> torch.Tensor:
-        """`[b, T, cols * T, D]` -> `[b * cols, T^2, D]` (the inverse of `per_position`)."""
-        t, depth = self.tile, rows.shape[-1]
-        grid = rows.reshape(rows.shape[0], t, self.cols, t, depth).permute(0, 2, 1, 3, 4)
-        return grid.reshape(-1, t * t, depth)
-
-    def crop(self, padded: torch.Tensor, offset: int = 0) -> torch.Tensor:
-        """The `[..., h, w]` image part of a padded `[B, C, H', W']` map; not a view."""
-        if padded.shape[-2:] == (self.height, self.width):
-            return padded
-        return padded[..., offset: offset + self.height, offset: offset + self.width].contiguous()
+def _band(full: torch.Tensor, radius: int) -> torch.Tensor:
+    """`[h, w, w + 2R]` -> the strided view `[h, w, 2R + 1]` of entries (y, x, x + j)."""
+    height, width, span = full.shape
+    return full.as_strided((height, width, 2 * radius + 1), (width * span, span + 1, 1), full.storage_offset())
 
 
 class _WindowCorrelation(torch.autograd.Function):
+    """For each batch element and each row displacement dy, one batched GEMM over the image rows
+    ([w, C] x [C, w + 2R] per row) gives every x against every padded x'; the displacements
+    |dx| <= R are a band of that block, read as a strided view. No unfold of the reference and
+    only the inputs are saved; backward writes the gradient band into the same block and runs the
+    two transposed GEMMs."""
+
     @staticmethod
     def forward(ctx, tar: torch.Tensor, ref: torch.Tensor, radius: int) -> torch.Tensor:
-        tiling = _Tiling(tar, radius)
-        tar_pad, ref_pad = tiling.pad_tar(tar), tiling.pad_ref(ref)
-        padded_h, padded_w = tiling.padded
-        out = tar.new_empty(tiling.batch, padded_h, padded_w, tiling.index.shape[-1])
-        for batch, _, rows, region_rows in tiling.parts():
-            dense = torch.bmm(tiling.tar_tiles(tar_pad, batch, rows), tiling.regions(ref_pad, batch, region_rows))
-            windows = dense.gather(2, tiling.index.expand(dense.shape[0], -1, -1))
-            out[batch, rows] = tiling.per_position(windows)
+        batch, channels, height, width = tar.shape
+        side = 2 * radius + 1
+        rows_tar = tar.permute(0, 2, 3, 1).contiguous()  # [B, h, w, C]
+        rows_ref = _rows_layout(ref, radius)
+        out = tar.new_empty(batch, height, width, side * side)  # returned as allocated: no view
+        windows = out.view(batch, height, width, side, side)
+        for item in range(batch):
+            for row_shift in range(side):
+                full = torch.bmm(rows_tar[item], rows_ref[item, row_shift: row_shift + height])
+                windows[item, :, :, row_shift] = _band(full, radius)
         ctx.save_for_backward(tar, ref)
         ctx.radius = radius
-        # (h, w, K) last: crop the height/width padding (a copy, so the result is no view).
-        if (padded_h, padded_w) == (tiling.height, tiling.width):
-            return out
-        return out[:, : tiling.height, : tiling.width].contiguous()
+        return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         tar, ref = ctx.saved_tensors
-        tiling = _Tiling(tar, ctx.radius)
-        tar_pad, ref_pad = tiling.pad_tar(tar), tiling.pad_ref(ref)
-        padded_h, padded_w = tiling.padded
-        grad = grad.to(tar.dtype)
-        if (padded_h, padded_w) != (tiling.height, tiling.width):
-            grad = F.pad(grad, (0, 0, 0, padded_w - tiling.width, 0, padded_h - tiling.height))
-        grad_tar = torch.zeros_like(tar_pad)
-        grad_ref = torch.zeros_like(ref_pad)
-        r = tiling.radius
-        for batch, _, rows, region_rows in tiling.parts():
-            g = tiling.tiled(grad[batch, rows])
-            regions = tiling.regions(ref_pad, batch, region_rows)
-            # Each window entry of a target position lands on a distinct region position: scatter.
-            dense = g.new_zeros(g.shape[0], g.shape[1], regions.shape[-1])
-            dense.scatter_(2, tiling.index.expand_as(g), g)
-            grad_tiles = torch.bmm(dense, regions.transpose(1, 2))
-            grad_tar[batch, :, rows] = tiling.per_position(grad_tiles).permute(0, 3, 1, 2)
-            grad_regions = torch.bmm(tiling.tar_tiles(tar_pad, batch, rows).transpose(1, 2), dense)
-            count = grad_regions.shape[0] // tiling.cols
-            columns = grad_regions.reshape(count, tiling.cols, -1).permute(0, 2, 1)
-            grad_ref[batch, :, region_rows] += F.fold(columns, output_size=(tiling.span, padded_w + 2 * r),
-                                                      kernel_size=tiling.span, stride=tiling.tile)
-        return tiling.crop(grad_tar), tiling.crop(grad_ref, r), None
+        radius = ctx.radius
+        batch, channels, height, width = tar.shape
+        side = 2 * radius + 1
+        grad = grad.to(tar.dtype).reshape(batch, height, width, side, side)
+        rows_tar = tar.permute(0, 2, 3, 1).contiguous()
+        rows_ref = _rows_layout(ref, radius)
+        grad_tar = torch.zeros_like(rows_tar)
+        grad_ref = torch.zeros_like(rows_ref)
+        full = tar.new_zeros(height, width, width + 2 * radius)
+        band = _band(full, radius)
+        for item in range(batch):
+            for row_shift in range(side):
+                band.copy_(grad[item, :, :, row_shift])
+                rows = slice(row_shift, row_shift + height)
+                grad_tar[item].baddbmm_(full, rows_ref[item, rows].transpose(1, 2))
+                grad_ref[item, rows].baddbmm_(rows_tar[item].transpose(1, 2), full)
+        grad_ref = grad_ref[:, radius: radius + height, :, radius: radius + width]
+        return grad_tar.permute(0, 3, 1, 2).contiguous(), grad_ref.permute(0, 2, 1, 3).contiguous(), None
 
 
 def window_correlation(tar: torch.Tensor, ref: torch.Tensor, radius: int) -> torch.Tensor:

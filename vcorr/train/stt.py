@@ -294,10 +294,9 @@ def pooled_affinity(fine: torch.Tensor, fine_radius: int, coarse_radius: int) ->
     fine = fine.reshape(batch, height, width, side, side)
     # Offsets 2d + b - a (a: target sub-position, b: reference sub-position) span +-(2R_c + 1);
     # with R_f <= 2R_c (checked by Config) every non-zero pooled entry lies in a coarse window.
-    reach = 2 * coarse_radius + 1
-    pad = reach - fine_radius
-    fine = F.pad(fine, (pad, pad, pad, pad))
     count = 2 * coarse_radius + 1
+    pad = count - fine_radius
+    fine = F.pad(fine, (pad, pad, pad, pad))
     pooled = 0
     for ay in (0, 1):
         for ax in (0, 1):
