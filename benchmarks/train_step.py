@@ -15,6 +15,11 @@ Sections (`--only` picks one; add a section by adding to `SECTIONS` and `MEASURE
   (two random crops per sample as RandomResizedCrop(scale=(0, 1)) draws them): vcorr's sparse
   loss against the dense [N, 1024, 1024] formulation of the original; (2) a whole HVC training
   step (forward with its EMA update, backward, Adam) at batch 16 of 256x256 views, with either loss.
+- stt: Spa-then-Temp's local correlation (softmax over the window, reconstruction, smooth L1) at
+  16 clips of 256x256 with R18 features, level 0 (64x64, R = 12) and level 1 (32x32, R = 6):
+  vcorr's windowed correlation (`vcorr.train.correlation`) against the original's dense masked
+  `[hw, hw]` one; then a whole step (R18 student, R50 teacher, Adam) with either. The levels also
+  report `tensor_peak_mib`, the peak of live tensor memory from the profiler's allocation events.
 """
 
 from __future__ import annotations
@@ -159,17 +164,121 @@ def hvc_step(variant: str, device: torch.device, repeats: int) -> dict[str, floa
 
 
 # ------------------------------------------------------------------------------------------------
+# Spa-then-Temp
+
+STT_LEVELS = {"level0": (128, 64, 12), "level1": (256, 32, 6)}  # R18 channels, side at 256x256, radius
+
+
+def dense_local_affinity(tar, ref, radius, keep_raw=False):
+    """The original's dense masked local correlation (`[B, hw, hw]` logits, -inf outside the
+    window, dense softmax), returned in the window layout `stt.local_affinity` gives."""
+    from vcorr.train import correlation
+
+    batch, channels, height, width = tar.shape
+    dy, dx = correlation.window_offsets(radius, tar.device)
+    ys = torch.arange(height, device=tar.device).view(-1, 1, 1) + dy
+    xs = torch.arange(width, device=tar.device).view(1, -1, 1) + dx
+    valid = correlation.window_valid(height, width, radius, tar.device)
+    inside = (ys.clamp(0, height - 1) * width + xs.clamp(0, width - 1)).reshape(1, height * width, -1)
+    py, px = (grid.flatten() for grid in torch.meshgrid(torch.arange(height, device=tar.device),
+                                                         torch.arange(width, device=tar.device), indexing="ij"))
+    mask = ((py[:, None] - py[None]).abs() <= radius) & ((px[:, None] - px[None]).abs() <= radius)
+    raw = torch.einsum("bci,bcj->bij", tar.flatten(2), ref.flatten(2))
+    affinity = (raw / channels**0.5).masked_fill(~mask, float("-inf")).softmax(-1)
+
+    def windows(dense):
+        return torch.take_along_dim(dense, inside, dim=2).reshape(batch, height, width, -1) * valid
+
+    return windows(affinity), (windows(raw.detach()) if keep_raw else None)
+
+
+def stt_level(variant: str, device: torch.device, repeats: int, level: str) -> dict[str, float]:
+    """One level's local correlation -> reconstruction -> smooth L1, forward + backward."""
+    from vcorr.train import correlation, stt
+
+    channels, side, radius = STT_LEVELS[level]
+    generator = torch.Generator().manual_seed(0)
+    clips, size = 16, 256
+    tar, ref = (torch.randn(clips, channels, side, side, generator=generator).to(device).requires_grad_(True)
+                for _ in range(2))
+    values = torch.randn(clips, 1, side, side, generator=generator).to(device)
+    target = torch.randn(clips, 1, size, size, generator=generator).to(device)
+    affinity_fn = stt.local_affinity if variant == "windowed" else dense_local_affinity
+
+    def step() -> None:
+        tar.grad = ref.grad = None
+        affinity, _ = affinity_fn(tar, ref, radius)
+        recon = correlation.window_apply(affinity, values, radius)
+        up = F.interpolate(recon, size=(size, size), mode="bilinear", align_corners=False)
+        F.smooth_l1_loss(up * 20, target * 20).backward()
+
+    return {**measure(step, device, repeats), **tensor_peak(step, device)}
+
+
+def stt_step(variant: str, device: torch.device, repeats: int) -> dict[str, float]:
+    """A whole Spa-then-Temp step (R18 student, R50 teacher, 16 clips of 256x256): forward,
+    backward, Adam; the local correlations windowed (vcorr) or dense (the original's)."""
+    from vcorr.train import stt
+
+    if variant == "dense":
+        stt.local_affinity = dense_local_affinity  # loss_terms looks it up in its module
+    torch.manual_seed(0)
+    generator = torch.Generator().manual_seed(0)
+    clips, size = 16, 256
+    rgb, lab = (torch.randn(clips, 2, 3, size, size, generator=generator).to(device) for _ in range(2))
+    cfg = stt.Config(depth=18, batch_size=clips)
+    model = stt.build_model(cfg, total_steps=100).to(device).train()
+    optimizer, _ = stt.build_optimizer(cfg, model, steps_per_epoch=100)
+
+    def step() -> None:
+        loss, _ = stt.training_step(model, (rgb, lab))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return measure(step, device, repeats)
+
+
+def tensor_peak(step: Callable[[], None], device: torch.device) -> dict[str, float]:
+    """CPU: the peak of live tensor memory over one more call, from the profiler's allocation
+    events (glibc keeps freed blocks of up to 32 MB mapped, so the RSS peak overstates code that
+    allocates many medium-sized tensors). CUDA: nothing to add."""
+    if device.type == "cuda":
+        return {}
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as profiler:
+        step()
+    events = sorted((event for event in profiler.profiler.kineto_results.events() if event.name() == "[memory]"),
+                    key=lambda event: event.start_ns())
+    live = peak = 0
+    for event in events:
+        live += event.nbytes()
+        peak = max(peak, live)
+    return {"tensor_peak_mib": peak / 2**20}
+
+
+# ------------------------------------------------------------------------------------------------
 # Sections, subprocesses and the report
 
 MEASUREMENTS: dict[str, Callable[[str, torch.device, int], dict[str, float]]] = {
     "hvc_loss": hvc_loss,
     "hvc_step": hvc_step,
+    "stt_level0": lambda variant, device, repeats: stt_level(variant, device, repeats, "level0"),
+    "stt_level1": lambda variant, device, repeats: stt_level(variant, device, repeats, "level1"),
+    "stt_step": stt_step,
 }
 # section -> [(title, measurement, variants (the first is vcorr's, the last the reference), repeats)]
 SECTIONS: dict[str, list[tuple[str, str, tuple[str, ...], int | None]]] = {
     "hvc": [
         ("HVC hybrid loss fwd+bwd, N=128, 32x32, C=256", "hvc_loss", ("sparse", "dense"), None),
         ("HVC training step, batch 16, 256x256", "hvc_step", ("sparse", "dense"), 1),
+    ],
+    "stt": [
+        ("Spa-then-Temp level 0 (R18 128x64x64, R=12) correlation + reconstruction fwd+bwd, 16 clips",
+         "stt_level0", ("windowed", "dense"), None),
+        ("Spa-then-Temp level 1 (R18 256x32x32, R=6) correlation + reconstruction fwd+bwd, 16 clips",
+         "stt_level1", ("windowed", "dense"), None),
+        ("Spa-then-Temp training step, R18 student + R50 teacher, 16 clips, 256x256", "stt_step",
+         ("windowed", "dense"), 1),
     ],
 }
 
