@@ -107,7 +107,8 @@ def dense_hybrid_loss(q, k, coord_q, coord_k, flow, pos_radius=0.1):
     f = F.normalize(flow(q, k), dim=1).view(N, 2, -1)
     g = F.normalize(flow(k, q), dim=1).view(N, 2, -1)
     temporal = (torch.bmm(f.transpose(1, 2), g) * mask).sum(-1).sum(-1) / count
-    return -2 * (spatial.mean() + temporal.mean()), {}
+    terms = {"spatial": spatial.mean().detach(), "flow": temporal.mean().detach(), "positives": mask.sum().detach()}
+    return -2 * (spatial.mean() + temporal.mean()), terms
 
 
 def random_crop_boxes(n: int, generator: torch.Generator, scale=(0.0, 1.0), ratio=(3 / 4, 4 / 3)) -> torch.Tensor:
@@ -294,7 +295,8 @@ def run_subprocess(measurement: str, variant: str, args: argparse.Namespace, rep
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=sorted(SECTIONS), help="run one section (default: all)")
+    parser.add_argument("--only", choices=sorted({*SECTIONS, *MEASUREMENTS}),
+                        help="run one section, or one measurement of a section (default: all)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls after the warm-up (default 3)")
@@ -311,16 +313,19 @@ def main() -> None:
 
     print("command:", shlex.join([Path(sys.executable).name, *sys.argv]))
     print(f"torch {torch.__version__}, device {args.device}, {args.threads} threads")
-    for section in ([args.only] if args.only else list(SECTIONS)):
-        for title, measurement, variants, repeats in SECTIONS[section]:
+    for section, entries in SECTIONS.items():
+        for title, measurement, variants, repeats in entries:
+            if args.only not in (None, section, measurement):
+                continue
             count = repeats or args.repeats
-            results = {variant: run_subprocess(measurement, variant, args, count) for variant in variants}
-            print(f"\n{title} (median of {count} after a warm-up; peak = memory the calls add):")
-            for variant, result in results.items():
+            print(f"\n{title} (median of {count} after a warm-up; peak = memory the calls add):", flush=True)
+            results = {}
+            for variant in variants:
+                result = results[variant] = run_subprocess(measurement, variant, args, count)
                 extra = "".join(f", {key} {value:.1f}" for key, value in result.items()
                                 if key not in {"wall_s", "cpu_s", "peak_mib", "total_mib"})
                 print(f"  {variant:>8}: {result['wall_s']:8.3f} s wall {result['cpu_s']:8.3f} s CPU  "
-                      f"peak {result['peak_mib']:9.1f} MiB (process {result['total_mib']:9.1f} MiB){extra}")
+                      f"peak {result['peak_mib']:9.1f} MiB (process {result['total_mib']:9.1f} MiB){extra}", flush=True)
             ours, reference = results[variants[0]], results[variants[-1]]
             print(f"  {variants[0]} / {variants[-1]}: time x{ours['wall_s'] / reference['wall_s']:.3f} wall, "
                   f"x{ours['cpu_s'] / reference['cpu_s']:.3f} CPU; peak memory x{ours['peak_mib'] / reference['peak_mib']:.3f}, "
