@@ -26,6 +26,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+
 def window_size(radius: int) -> int:
     return (2 * radius + 1) ** 2
 
