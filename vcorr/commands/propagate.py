@@ -50,7 +50,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--weights-root", type=Path, default=Path("resources/data"), metavar="DIR",
                         help="weights are read as <weights-root>/<id>/<file> (default: resources/data)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a protocol parameter or size for this benchmark (YAML value), repeatable")
+                        help="override a protocol parameter, the size, or a method option (zero_image_bn_update) "
+                        "for this run (YAML value), repeatable")
     parser.set_defaults(func=run)
 
 
@@ -238,7 +239,8 @@ def run(args: argparse.Namespace) -> int:
     from vcorr.features import FeatureExtractor
 
     extractor = FeatureExtractor(
-        method.encoders, method.fusion, method.input, args.weights_root, device=args.device, amp=args.amp
+        method.encoders, method.fusion, method.input, args.weights_root, device=args.device, amp=args.amp,
+        zero_image_bn_update=settings.options["zero_image_bn_update"],
     )
     for number, name in enumerate(todo, start=1):
         plan = plans[name]
