@@ -54,8 +54,10 @@ def vip_labels(ids: np.ndarray) -> np.ndarray:
     return np.where(ids < VIP_CLASSES, ids, 0).astype(np.uint8)
 
 
-def joint_heatmaps(joints: np.ndarray, size: tuple[int, int], sigma: int = JHMDB_SIGMA) -> np.ndarray:
-    """`[J, H, W]` float32 unnormalised Gaussians (peak 1) at the joints `[2, J]` (x, y, 0-based).
+def joint_heatmaps(
+    joints: np.ndarray, size: tuple[int, int], sigma: int = JHMDB_SIGMA, dtype=np.float32
+) -> np.ndarray:
+    """`[J, H, W]` (`dtype`; Spa-then-Temp draws float64) unnormalised Gaussians (peak 1) at the joints `[2, J]` (x, y, 0-based).
 
     As in Spa-then-Temp / VFS: a ``(6 sigma + 1)`` square patch whose corner is at
     ``int(p - 3 sigma)`` (truncated toward zero), cut at ``int(p + 3 sigma + 1)`` and at the image
@@ -67,7 +69,7 @@ def joint_heatmaps(joints: np.ndarray, size: tuple[int, int], sigma: int = JHMDB
     patch_size = 6 * sigma + 1
     offsets = np.arange(patch_size, dtype=np.float64) - patch_size // 2
     patch = np.exp(-(offsets[None, :] ** 2 + offsets[:, None] ** 2) / (2 * sigma**2))
-    maps = np.zeros((joints.shape[1], height, width), np.float32)
+    maps = np.zeros((joints.shape[1], height, width), dtype)
     for joint, (x, y) in enumerate(joints.T):
         left, top = int(x - 3 * sigma), int(y - 3 * sigma)
         right, bottom = int(x + 3 * sigma + 1), int(y + 3 * sigma + 1)
@@ -79,7 +81,7 @@ def joint_heatmaps(joints: np.ndarray, size: tuple[int, int], sigma: int = JHMDB
     return maps
 
 
-def jhmdb_first_heatmaps(mat_path: str | os.PathLike, size: tuple[int, int]) -> np.ndarray:
+def jhmdb_first_heatmaps(mat_path: str | os.PathLike, size: tuple[int, int], dtype=np.float32) -> np.ndarray:
     """Frame 0's `[15, H, W]` joint heat maps from a clip's `joint_positions.mat` (`pos_img`,
     `[2, 15, T]`, 1-based as JHMDB ships it), at the frames' original size `(H, W)`."""
     import scipy.io
@@ -92,7 +94,7 @@ def jhmdb_first_heatmaps(mat_path: str | os.PathLike, size: tuple[int, int]) -> 
         raise VcorrError(f"{mat_path}: not a JHMDB joint_positions.mat with pos_img ({error})") from None
     if positions.ndim != 3 or positions.shape[:2] != (2, JHMDB_JOINTS) or positions.shape[2] < 1:
         raise VcorrError(f"{mat_path}: pos_img has shape {positions.shape}, expected [2, {JHMDB_JOINTS}, T]")
-    return joint_heatmaps(positions[..., 0] - 1, size)
+    return joint_heatmaps(positions[..., 0] - 1, size, dtype=dtype)
 
 
 def upsample_soft(soft: torch.Tensor, protocol: str, size: tuple[int, int]) -> torch.Tensor:
