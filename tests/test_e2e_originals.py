@@ -134,7 +134,7 @@ class _VideowalkTrunk(nn.Module):
 
 def test_videowalk_checkpoint_loaded_after_its_dummy_passes(tmp_path):
     from vcorr.features import FeatureExtractor, normalise_frames
-    from vcorr.methods import load_method
+    from vcorr.evaluation.methods import load_method
 
     torch.manual_seed(0)
     source = _VideowalkTrunk()
@@ -165,7 +165,7 @@ def test_videowalk_checkpoint_loaded_after_its_dummy_passes(tmp_path):
 
     method = load_method("crw_release")
     assert method.options["zero_image_bn_update"] is False  # videowalk is not affected
-    extractor = FeatureExtractor(method.encoders, method.fusion, method.input, tmp_path, device="cpu",
+    extractor = FeatureExtractor(method.features, tmp_path, device="cpu",
                                  zero_image_bn_update=method.options["zero_image_bn_update"])
     network = extractor.networks[0]
     for name, module in network.named_modules():

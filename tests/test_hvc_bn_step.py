@@ -11,9 +11,9 @@ from torch import nn
 from torchvision.models import resnet as tv_resnet
 
 from vcorr.features import FeatureExtractor
-from vcorr.methods import load_method, validate_method
+from vcorr.evaluation.methods import feature_config, load_method, validate_method
 from vcorr.models import build_encoder
-from vcorr.models.checkpoints import load_weights
+from vcorr.models.weights import load_weights
 from vcorr.models.hvc_bn import zero_image_bn_update
 
 
@@ -120,8 +120,9 @@ def test_step_changes_features_and_off_equals_plain_load(tmp_path):
     with torch.no_grad():
         expected = plain.eval()(normalise_frames(frame, "imagenet_rgb"))[0]
 
-    off = FeatureExtractor(entry, None, "imagenet_rgb", tmp_path, device="cpu", zero_image_bn_update=False)
-    on = FeatureExtractor(entry, None, "imagenet_rgb", tmp_path, device="cpu", zero_image_bn_update=True)
+    features = feature_config(entry, None, "imagenet_rgb")
+    off = FeatureExtractor(features, tmp_path, device="cpu", zero_image_bn_update=False)
+    on = FeatureExtractor(features, tmp_path, device="cpu", zero_image_bn_update=True)
     assert torch.equal(off.extract(frame), expected)
     assert not torch.allclose(on.extract(frame), expected, atol=1e-3)
 

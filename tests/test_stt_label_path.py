@@ -16,7 +16,7 @@ import torch
 
 from vcorr.propagation import make_propagator
 from vcorr.propagation.stt_labels import first_frame_output, labels_at_input_size, stt_first_frame
-from vcorr.tasks import joint_heatmaps
+from vcorr.propagation.adapters import joint_heatmaps
 
 
 def _pil_nearest_index(n_in: int, n_out: int) -> np.ndarray:
