@@ -77,7 +77,8 @@ def test_propagate_then_score_davis_identical_frames_score_one(davis, tmp_path, 
     for path in (out / "still").iterdir():
         assert np.array_equal(read_index_png(path), two_bands())
     record = json.loads((out / ".vcorr-propagate.json").read_text())
-    assert record["settings"] == {"protocol": "crw", "cxt_size": 20, "radius": 12, "topk": 10, "temp": 0.05, "size": None}
+    assert record["settings"] == {"protocol": "crw", "cxt_size": 20, "radius": 12, "topk": 10, "temp": 0.05, "size": None,
+                                  "zero_image_bn_update": False}
     assert record["benchmark_sequences"] == ["still", "moving", "third"]
 
     scores = tmp_path / "scores.json"

@@ -106,6 +106,8 @@ class FeatureExtractor:
     `extract(frame)` -> float32 `[K, h, w]` and `extract_batch(frames)` -> `[N, K, h, w]`, both on
     `self.device`. `amp=True` runs the encoders under float16 autocast on CUDA (as HVC's
     `infer_vos.py` does); it has no effect on CPU, where `self.amp` is False.
+    `zero_image_bn_update=True` applies HVC's post-load BatchNorm step to every encoder after its
+    weights are loaded (`vcorr.models.hvc_bn`).
     """
 
     def __init__(
@@ -115,6 +117,7 @@ class FeatureExtractor:
         device: str | torch.device = "auto",
         amp: bool = False,
         fusion_weight: float = HVC_FUSION_WEIGHT,
+        zero_image_bn_update: bool = False,
     ) -> None:
         from vcorr.models import build_encoder
         from vcorr.models.weights import load_weights
@@ -134,6 +137,11 @@ class FeatureExtractor:
             if encoder.weights:
                 path = encoder.weights.resolve(weights_root)
                 self.reports.append(load_weights(network, path, encoder.weights.format))
+            if zero_image_bn_update:
+                # HVC's make_encoder -> infer_dims, after loading, on the CPU (vcorr.models.hvc_bn).
+                from vcorr.models.hvc_bn import zero_image_bn_update as update_bn
+
+                update_bn(network)
             self.networks.append(network.eval().to(self.device))
         strides = {network.stride for network in self.networks}
         if len(strides) != 1:

@@ -27,7 +27,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--weights-root", type=Path, default=Path("resources/data"), metavar="DIR",
                         help="registry weights are read as <weights-root>/<id>/<file> (default: resources/data)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a protocol parameter or size for this benchmark (YAML value), repeatable")
+                        help="override a protocol parameter, the size, or a method option (zero_image_bn_update) "
+                        "for this run (YAML value), repeatable")
     parser.set_defaults(func=run)
 
 

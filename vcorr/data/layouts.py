@@ -134,6 +134,11 @@ def _sequences(name: str, root: Path) -> list[_Sequence]:
     return _LAYOUTS[entry.layout](root, entry)
 
 
+def sequence_names(benchmark: str, root: Path) -> list[str]:
+    """The benchmark's sequence list, in order, whether or not their files are present."""
+    return [seq.name for seq in _sequences(benchmark, Path(root))]
+
+
 def missing_sequences(benchmark: str, root: Path) -> dict[str, list[Path]]:
     """Listed sequences whose frames folder (or JHMDB joint file) is absent -> the missing paths."""
     return {seq.name: seq.missing() for seq in _sequences(benchmark, Path(root)) if seq.missing()}

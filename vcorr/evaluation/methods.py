@@ -9,6 +9,7 @@ typo in a method file is reported with the file and key before any frame is read
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,14 @@ PROTOCOL_PARAMS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "stt": {"precede": int, "topk": int, "temp": (int, float), "nrange": int, "with_first_neighbor": bool},
 }
 PROTOCOL_DEFAULTS: dict[str, dict[str, Any]] = {"crw": {}, "stt": {"with_first_neighbor": True}}
+
+# Method options: switches of the method's pipeline (not of its protocol), set in the method's
+# entry and overridable per run with `--set`. Each maps to (type, default for a method).
+# zero_image_bn_update: HVC's post-load BN step (vcorr.models.hvc_bn); on by default for methods
+# that use HVC's test-time fusion, i.e. HVC's published pipeline (models/encoder.py make_encoder).
+METHOD_OPTIONS: dict[str, tuple[type, Any]] = {
+    "zero_image_bn_update": (bool, lambda data: data.get("fusion") == "hvc"),
+}
 
 
 @dataclass(frozen=True)
@@ -111,6 +120,7 @@ class BenchmarkSettings:
     protocol: str
     params: dict[str, Any]  # keyword arguments of vcorr.propagation.propagate
     size: None | tuple[int, int] | dict[str, int]  # None, (H, W) or {"short_side": N}
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)  # METHOD_OPTIONS, resolved
 
     def input_size(self, height: int, width: int) -> tuple[int, int]:
         """The (H, W) the encoder sees for a frame of `height` x `width`."""
@@ -124,7 +134,7 @@ class BenchmarkSettings:
 
     def as_dict(self) -> dict[str, Any]:
         size = list(self.size) if isinstance(self.size, tuple) else self.size
-        return {"protocol": self.protocol, **self.params, "size": size}
+        return {"protocol": self.protocol, **self.params, "size": size, **self.options}
 
 
 @dataclass(frozen=True)
@@ -135,6 +145,7 @@ class Method:
     features: FeatureConfig
     protocol: str
     benchmarks: dict[str, dict[str, Any]]
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)  # METHOD_OPTIONS, resolved
 
     @property
     def encoders(self) -> tuple[EncoderConfig, ...]:
@@ -155,9 +166,13 @@ class Method:
                 f"(it supports: {', '.join(self.benchmarks)})"
             )
         entry = {**PROTOCOL_DEFAULTS[self.protocol], **copy.deepcopy(self.benchmarks[benchmark])}
+        options = dict(self.options)
         for key, value in parse_overrides(overrides or []).items():
+            if key in METHOD_OPTIONS:
+                options[key] = _check_option(key, value, "--set")
+                continue
             if key != "size" and key not in PROTOCOL_PARAMS[self.protocol]:
-                allowed = ", ".join([*PROTOCOL_PARAMS[self.protocol], "size"])
+                allowed = ", ".join([*PROTOCOL_PARAMS[self.protocol], "size", *METHOD_OPTIONS])
                 raise VcorrError(f"--set {key}: not a parameter of protocol '{self.protocol}' (allowed: {allowed})")
             entry[key] = value
         where = f"{self.source}: {self.name}.benchmarks.{benchmark}"
@@ -168,7 +183,7 @@ class Method:
             if not overrides:
                 raise
             raise VcorrError(f"{error} (after --set {' '.join(overrides)})") from None
-        return BenchmarkSettings(self.protocol, entry, size)
+        return BenchmarkSettings(self.protocol, entry, size, options)
 
     def weight_files(self, weights_root: str | Path) -> list[Path]:
         """The checkpoint files this method reads (see WeightsSource.resolve)."""
@@ -193,6 +208,7 @@ class Method:
             "fusion": self.fusion,
             "input": self.input,
             "protocol": self.protocol,
+            **self.options,
         }
 
 
@@ -228,7 +244,7 @@ def validate_method(name: str, data: Any, source: str) -> Method:
     missing = [key for key in required if key not in data]
     if missing:
         raise VcorrError(f"{source}: missing key(s) {', '.join(missing)}")
-    known = {*required, "description", "fusion"}
+    known = {*required, "description", "fusion", *METHOD_OPTIONS}
     unknown = sorted(set(data) - known)
     if unknown:
         raise VcorrError(f"{source}: unknown key(s) {', '.join(unknown)} (allowed: {', '.join(sorted(known))})")
@@ -249,6 +265,10 @@ def validate_method(name: str, data: Any, source: str) -> Method:
         features=features,
         protocol=protocol,
         benchmarks=copy.deepcopy(benchmarks),
+        options={
+            key: _check_option(key, data[key], source) if key in data else default(data)
+            for key, (_, default) in METHOD_OPTIONS.items()
+        },
     )
     for benchmark in benchmarks:
         if benchmark not in known_benchmarks:
@@ -287,6 +307,13 @@ def _encoder_config(encoder: Any, where: str) -> EncoderConfig:
     if file.is_absolute() or ".." in file.parts:
         raise VcorrError(f"{where}.weights.file must be a path inside resources/data/<id>/, got '{file}'")
     return EncoderConfig(encoder["arch"], WeightsSource(str(weights["format"]), str(weights["id"]), str(weights["file"])))
+
+
+def _check_option(key: str, value: Any, where: str) -> Any:
+    kind = METHOD_OPTIONS[key][0]
+    if not isinstance(value, kind):
+        raise VcorrError(f"{where}: {key} must be a {kind.__name__}, got {value!r}")
+    return value
 
 
 def _is_int(value: Any) -> bool:

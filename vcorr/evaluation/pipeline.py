@@ -74,10 +74,10 @@ class SequencePlan:
     label_size: tuple[int, int]  # (H, W) of the annotations = of the written outputs
 
 
-def plan_sequences(benchmark: Benchmark, root: Path) -> dict[str, SequencePlan]:
+def plan_sequences(benchmark: Benchmark, root: Path, skip_missing: bool = False) -> dict[str, SequencePlan]:
     from vcorr.data.layouts import benchmark_frames
 
-    table = benchmark_frames(benchmark.name, root)
+    table = benchmark_frames(benchmark.name, root, skip_missing=skip_missing)
     plans = {}
     for name, rows in table.groupby("sequence", sort=False):
         frames = list(rows["frame"])
@@ -95,6 +95,26 @@ def plan_sequences(benchmark: Benchmark, root: Path) -> dict[str, SequencePlan]:
             _walk_all_frames(plan, Path(root) / benchmark.all_frames)
         plans[name] = plan
     return plans
+
+
+def plan_run(benchmark: Benchmark, root: Path, wanted: list[str] | None) -> tuple[dict[str, SequencePlan], list[str]]:
+    """Plans of the sequences on disk, and the benchmark's whole list. With `sequences` given, only
+    the selected sequences need their files; the rest of the list may be absent."""
+    from vcorr.data.layouts import missing_sequences, sequence_names
+    from vcorr.errors import VcorrError
+
+    if not wanted:
+        plans = plan_sequences(benchmark, root)
+        return plans, list(plans)
+    listed = sequence_names(benchmark.name, root)
+    unknown = [name for name in wanted if name not in listed]
+    if unknown:
+        raise VcorrError(f"--sequences: not in the benchmark: {', '.join(unknown)}")
+    missing = missing_sequences(benchmark.name, root)
+    for name in wanted:
+        if name in missing:
+            raise VcorrError(f"{missing[name][0]}: missing (needed by sequence '{name}')")
+    return plan_sequences(benchmark, root, skip_missing=True), listed
 
 
 def _walk_all_frames(plan: SequencePlan, all_frames: Path) -> None:
@@ -226,8 +246,7 @@ def propagate_benchmark(
     settings = method.settings_for(benchmark, list(overrides))
     method.check_weights(weights_root)
 
-    plans = plan_sequences(entry, data_root)
-    all_sequences = list(plans)
+    plans, all_sequences = plan_run(entry, data_root, sequences)
     selected = select_sequences(all_sequences, sequences, shard)
     record = resolved_record(benchmark, data_root, method, settings, plans, selected, all_sequences, sequences, shard)
     out.mkdir(parents=True, exist_ok=True)
@@ -246,7 +265,10 @@ def propagate_benchmark(
 
     from vcorr.features import FeatureExtractor
 
-    extractor = FeatureExtractor(method.features, weights_root, device=device, amp=amp)
+    extractor = FeatureExtractor(
+        method.features, weights_root, device=device, amp=amp,
+        zero_image_bn_update=settings.options["zero_image_bn_update"],
+    )  # fmt: skip
     for number, name in enumerate(todo, start=1):
         plan = plans[name]
         remove_partial_outputs(out, entry.task, name)
@@ -258,11 +280,14 @@ def propagate_benchmark(
     return PropagationSummary(selected, skipped, todo)
 
 
-def initial_labels(plan: SequencePlan, benchmark: Benchmark) -> tuple["np.ndarray", dict[int, "np.ndarray"]]:
+def initial_labels(
+    plan: SequencePlan, benchmark: Benchmark, protocol: str = "crw"
+) -> tuple["np.ndarray", dict[int, "np.ndarray"]]:
     """First frame's id map, and (YouTube-VOS) `{t: ids of the objects first annotated at t}`.
 
-    Labels stay at the annotation resolution: the protocols downsample them to the feature grid
-    themselves and return their outputs at this resolution, which is what the scorers compare.
+    Labels are at the annotation resolution: crw downsamples them to the feature grid itself,
+    stt takes them through Spa-then-Temp's label path first (`propagate_sequence`). Outputs come
+    back at this resolution, which is what the scorers compare.
     """
     from vcorr.errors import VcorrError
     from vcorr.io import read_index_png
@@ -273,7 +298,8 @@ def initial_labels(plan: SequencePlan, benchmark: Benchmark) -> tuple["np.ndarra
         raise VcorrError(f"sequence {plan.name}: its first frame {plan.frames[0]} has no annotation")
     label0 = read_index_png(first)
     if benchmark.task == "vip":
-        return vip_labels(label0), {}
+        # Spa-then-Temp's vip_dataset_rgb propagates the annotation's ids as read.
+        return (label0 if protocol == "stt" else vip_labels(label0)), {}
     if not benchmark.late_objects:
         return label0, {}
     later = (
@@ -297,18 +323,24 @@ def propagate_sequence(plan: SequencePlan, benchmark: Benchmark, extractor, sett
     from vcorr.io import atomic_dir
     from vcorr.propagation import propagate_stream
     from vcorr.propagation.adapters import IndexPngWriter
+    from vcorr.propagation.stt_labels import stt_first_frame
 
     if benchmark.task == "jhmdb":
         propagate_keypoints(plan, extractor, settings, out, progress)
         return
 
-    label0, late = initial_labels(plan, benchmark)
+    label0, late = initial_labels(plan, benchmark, settings.protocol)
+    params = settings.params
+    if settings.protocol == "stt":
+        # Spa-then-Temp's label path: labels resized with the frames (vcorr.propagation.stt_labels).
+        first = stt_first_frame(label0, settings.input_size(*plan.label_size), plan.label_size)
+        label0, params = first.labels, {**params, "output_size": first.output_size}
     written = set(plan.written)
     with atomic_dir(output_path(out, benchmark.task, plan.name)) as folder:
         writer = IndexPngWriter(folder)
         stream = propagate_stream(
             feature_stream(plan, extractor, settings, progress), label0, settings.protocol, late=late or None,
-            **settings.params,
+            **params,
         )
         for frame, result in zip(plan.frames, stream):
             if frame in written:
@@ -318,14 +350,30 @@ def propagate_sequence(plan: SequencePlan, benchmark: Benchmark, extractor, sett
 def propagate_keypoints(plan: SequencePlan, extractor, settings, out: Path, progress) -> None:
     """JHMDB: frame-0 joint heat maps (original resolution) propagated, read out as `[2, 15, T]`
     coordinates at the original resolution, which `vcorr score jhmdb` compares with the joints."""
+    import numpy as np
+
+    from vcorr.metrics.pck import heatmaps_to_coords
     from vcorr.propagation import propagate_stream
     from vcorr.propagation.adapters import KeypointWriter, jhmdb_first_heatmaps, keypoint_coords
+    from vcorr.propagation.stt_labels import stt_first_frame
 
-    heatmaps = jhmdb_first_heatmaps(plan.annotations[plan.frames[0]], plan.label_size)
+    mat = plan.annotations[plan.frames[0]]
+    params, first = settings.params, None
+    if settings.protocol == "stt":
+        # Spa-then-Temp's label path: float64 maps resized with the frames, frame 0 read back from
+        # the round trip (vcorr.propagation.stt_labels).
+        heatmaps = jhmdb_first_heatmaps(mat, plan.label_size, dtype=np.float64)
+        first = stt_first_frame(heatmaps, settings.input_size(*plan.label_size), plan.label_size)
+        heatmaps, params = first.labels, {**params, "output_size": first.output_size}
+    else:
+        heatmaps = jhmdb_first_heatmaps(mat, plan.label_size)
     writer = KeypointWriter()
     stream = propagate_stream(
-        feature_stream(plan, extractor, settings, progress), heatmaps, settings.protocol, **settings.params
+        feature_stream(plan, extractor, settings, progress), heatmaps, settings.protocol, **params
     )
-    for result in stream:
-        writer.add(keypoint_coords(result.soft, settings.protocol, plan.label_size))
+    for t, result in enumerate(stream):
+        if t == 0 and first is not None:
+            writer.add(heatmaps_to_coords(first.output.cpu().numpy()[None])[..., 0])
+        else:
+            writer.add(keypoint_coords(result.soft, settings.protocol, plan.label_size))
     writer.save(output_path(out, "jhmdb", plan.name))

@@ -10,7 +10,8 @@ Entry points:
 
 `propagate` is `propagate_stream` collected: there is one code path. Parameters:
 crw: ``cxt_size, radius, topk, temp`` (+ ``num_channels=20``); stt: ``precede, topk, temp,
-nrange, with_first_neighbor=True``; both: ``tile_size=None`` (query tile
+nrange, with_first_neighbor=True, output_size=None`` (the frame size
+when the labels come at the input size, `vcorr.propagation.stt_labels`); both: ``tile_size=None`` (query tile
 (rows, cols), speed only; None picks one by context size) and
 ``affinity_dtype="float32"`` (opt-in "float16" / "bfloat16" affinities; not exact).
 """

@@ -54,8 +54,10 @@ def vip_labels(ids: np.ndarray) -> np.ndarray:
     return np.where(ids < N_CLASSES, ids, 0).astype(np.uint8)
 
 
-def joint_heatmaps(joints: np.ndarray, size: tuple[int, int], sigma: int = JHMDB_SIGMA) -> np.ndarray:
-    """`[J, H, W]` float32 unnormalised Gaussians (peak 1) at the joints `[2, J]` (x, y, 0-based).
+def joint_heatmaps(
+    joints: np.ndarray, size: tuple[int, int], sigma: int = JHMDB_SIGMA, dtype=np.float32
+) -> np.ndarray:
+    """`[J, H, W]` (`dtype`; Spa-then-Temp draws float64) unnormalised Gaussians (peak 1) at the joints `[2, J]` (x, y, 0-based).
 
     As in Spa-then-Temp / VFS: a ``(6 sigma + 1)`` square patch whose corner is at
     ``int(p - 3 sigma)`` (truncated toward zero), cut at ``int(p + 3 sigma + 1)`` and at the image
@@ -67,7 +69,7 @@ def joint_heatmaps(joints: np.ndarray, size: tuple[int, int], sigma: int = JHMDB
     patch_size = 6 * sigma + 1
     offsets = np.arange(patch_size, dtype=np.float64) - patch_size // 2
     patch = np.exp(-(offsets[None, :] ** 2 + offsets[:, None] ** 2) / (2 * sigma**2))
-    maps = np.zeros((joints.shape[1], height, width), np.float32)
+    maps = np.zeros((joints.shape[1], height, width), dtype)
     for joint, (x, y) in enumerate(joints.T):
         left, top = int(x - 3 * sigma), int(y - 3 * sigma)
         right, bottom = int(x + 3 * sigma + 1), int(y + 3 * sigma + 1)
@@ -79,12 +81,12 @@ def joint_heatmaps(joints: np.ndarray, size: tuple[int, int], sigma: int = JHMDB
     return maps
 
 
-def jhmdb_first_heatmaps(mat_path: str | os.PathLike, size: tuple[int, int]) -> np.ndarray:
-    """Frame 0's `[15, H, W]` joint heat maps from a clip's `joint_positions.mat`, at the frames'
-    original size `(H, W)` (read with the scorer's reader, `vcorr.data.readers`)."""
+def jhmdb_first_heatmaps(mat_path: str | os.PathLike, size: tuple[int, int], dtype=np.float32) -> np.ndarray:
+    """Frame 0's `[15, H, W]` joint heat maps (`dtype`) from a clip's `joint_positions.mat`, at the
+    frames' original size `(H, W)` (read with the scorer's reader, `vcorr.data.readers`)."""
     from vcorr.data.readers import read_joint_positions
 
-    return joint_heatmaps(read_joint_positions(mat_path)[..., 0], size)
+    return joint_heatmaps(read_joint_positions(mat_path)[..., 0], size, dtype=dtype)
 
 
 def upsample_soft(soft: torch.Tensor, protocol: str, size: tuple[int, int]) -> torch.Tensor:

@@ -21,6 +21,7 @@ from PIL import Image
 
 from vcorr.errors import VcorrError
 from vcorr.propagation.affinity import ContextList, ContextMemory, TopK
+from vcorr.propagation.stt_labels import first_frame_output
 from vcorr.propagation.window import Window
 
 
@@ -271,10 +272,14 @@ class STTPropagator(_Propagator):
         temp: float,
         nrange: int,
         with_first_neighbor: bool = True,
+        output_size: tuple[int, int] | None = None,
         tile_size=None,
         affinity_dtype: str = "float32",
     ) -> None:
         super().__init__(label0, topk, temp, tile_size, affinity_dtype)
+        # The original frame size when `label0` is given at the network's input size
+        # (vcorr.propagation.stt_labels); None = the labels' own size.
+        self.output_size = tuple(output_size) if output_size is not None else None
         self.precede = int(precede)
         self.window = Window.square(nrange)
         self.first_dense = not bool(with_first_neighbor)
@@ -291,11 +296,12 @@ class STTPropagator(_Propagator):
             small = Image.fromarray(ids).resize((width, height), Image.NEAREST)
             small_ids = torch.from_numpy(np.asarray(small).astype(np.int64)).to(features.device)
             soft = one_hot(small_ids, int(small_ids.max()) + 1)
-            first_ids = labels.to(torch.uint8)
         else:
             soft = _resize(labels, (height, width), align_corners=False)
-            first_ids = labels.argmax(0).to(torch.uint8)
-        self.out_size = tuple(labels.shape[-2:])
+        self.out_size = self.output_size or tuple(labels.shape[-2:])
+        # forward_test writes frame 0 as the given labels resized to the original frame size.
+        first = first_frame_output(labels, self.out_size)
+        first_ids = first if self.index_labels else first.argmax(0).to(torch.uint8)
         self.memory = self._new_memory(features, soft.shape[0])
         if self.first_dense:
             self.memory.add_dense(features, soft)

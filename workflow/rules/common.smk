@@ -222,6 +222,7 @@ def propagation_settings(wildcards):
         "fusion": method.get("fusion"),
         "input": method["input"],
         "protocol": method["protocol"],
+        "options": {key: method[key] for key in ("zero_image_bn_update",) if key in method},
         "benchmark": method["benchmarks"][wildcards.benchmark],
         "overrides": config["propagation"]["set"].get(wildcards.benchmark, {}),
     }
