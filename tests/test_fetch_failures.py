@@ -20,7 +20,7 @@ import pytest
 from test_data_pipeline import FAST, cli, jpeg_bytes, server, serve, tar_bytes, zip_bytes  # noqa: F401 (fixture)
 
 import vcorr.data.fetch
-from vcorr.registry import load_registry
+from vcorr.config import load_registry
 
 DAVIS_ZIP = Path("resources/downloads/davis17/DAVIS-2017-trainval-480p.zip")
 
