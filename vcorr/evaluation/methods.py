@@ -154,21 +154,11 @@ class Method:
                 f"{self.source}: method '{self.name}' has no settings for benchmark '{benchmark}' "
                 f"(it supports: {', '.join(self.benchmarks)})"
             )
-        entry = {**PROTOCOL_DEFAULTS[self.protocol], **copy.deepcopy(self.benchmarks[benchmark])}
-        for key, value in parse_overrides(overrides or []).items():
-            if key != "size" and key not in PROTOCOL_PARAMS[self.protocol]:
-                allowed = ", ".join([*PROTOCOL_PARAMS[self.protocol], "size"])
-                raise VcorrError(f"--set {key}: not a parameter of protocol '{self.protocol}' (allowed: {allowed})")
-            entry[key] = value
-        where = f"{self.source}: {self.name}.benchmarks.{benchmark}"
-        try:
-            size = _check_size(entry.pop("size", None), where)
-            _check_params(self.protocol, entry, where)
-        except VcorrError as error:
-            if not overrides:
-                raise
-            raise VcorrError(f"{error} (after --set {' '.join(overrides)})") from None
-        return BenchmarkSettings(self.protocol, entry, size)
+        return resolve_settings(
+            self.protocol, self.benchmarks[benchmark], parse_overrides(overrides or []),
+            where=f"{self.source}: {self.name}.benchmarks.{benchmark}",
+            origin="--set ", applied=f"--set {' '.join(overrides)}" if overrides else "",
+        )
 
     def weight_files(self, weights_root: str | Path) -> list[Path]:
         """The checkpoint files this method reads (see WeightsSource.resolve)."""
@@ -194,6 +184,32 @@ class Method:
             "input": self.input,
             "protocol": self.protocol,
         }
+
+
+def resolve_settings(
+    protocol: str, entry: dict[str, Any], overrides: dict[str, Any], where: str, origin: str = "--set ",
+    applied: str = "",
+) -> BenchmarkSettings:
+    """A method's settings `entry` for one benchmark with `overrides` applied, checked.
+
+    The one check of protocol parameters: `vcorr propagate --set` and the workflow's config
+    `propagation.set` (checked when the DAG is built) both come here. Messages name an unknown
+    override as `<origin><key>` and end a bad value's with `(after <applied>)`.
+    """
+    merged = {**PROTOCOL_DEFAULTS[protocol], **copy.deepcopy(entry)}
+    for key, value in overrides.items():
+        if key != "size" and key not in PROTOCOL_PARAMS[protocol]:
+            allowed = ", ".join([*PROTOCOL_PARAMS[protocol], "size"])
+            raise VcorrError(f"{origin}{key}: not a parameter of protocol '{protocol}' (allowed: {allowed})")
+        merged[key] = value
+    try:
+        size = _check_size(merged.pop("size", None), where)
+        _check_params(protocol, merged, where)
+    except VcorrError as error:
+        if not overrides:
+            raise
+        raise VcorrError(f"{error} (after {applied})") from None
+    return BenchmarkSettings(protocol, merged, size)
 
 
 def load_method(name_or_file: str | Path) -> Method:

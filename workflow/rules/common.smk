@@ -1,12 +1,15 @@
 # Configuration, registries and the input functions every stage uses.
 #
-# The registries (datasets.yaml, benchmarks.yaml, methods.yaml) are read here with yaml only:
-# the DAG never imports the vcorr library. The jobs find the same folder via VCORR_CONFIG_DIR.
+# The registries (datasets.yaml, benchmarks.yaml, methods.yaml) are read here with yaml only. The
+# DAG imports one vcorr module, vcorr.evaluation.methods (yaml and the standard library only), so
+# that config propagation.set is checked by the same code as the jobs' --set. The jobs find the
+# same registry folder via VCORR_CONFIG_DIR.
 
 import json
 import os
 import re
 import shlex
+import sys
 from pathlib import Path
 
 import yaml
@@ -62,6 +65,35 @@ def check_references():
 
 check_references()
 
+
+def check_parameter_overrides():
+    """config propagation.set: a benchmark of the registry, and overrides every requested method
+    with settings for it accepts, as `vcorr propagate --set` would (vcorr's own check)."""
+    sys.path.insert(0, str(REPOSITORY))
+    from vcorr.errors import VcorrError
+    from vcorr.evaluation.methods import PROTOCOL_PARAMS, resolve_settings
+
+    requested = pick(config["evaluate"]["methods"], METHODS, "methods")
+    for benchmark, overrides in config["propagation"]["set"].items():
+        key = f"config propagation.set.{benchmark}"
+        if benchmark not in BENCHMARKS:
+            raise WorkflowError(f"{key}: unknown benchmark '{benchmark}' (benchmarks of {REGISTRY_DIR / 'benchmarks.yaml'}: {', '.join(BENCHMARKS)})")
+        known = {"size", *(name for params in PROTOCOL_PARAMS.values() for name in params)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise WorkflowError(f"{key}.{unknown[0]}: not a protocol parameter (allowed: {', '.join(sorted(known))})")
+        for name in requested:
+            method = METHODS[name]
+            if benchmark not in method["benchmarks"]:
+                continue
+            try:
+                resolve_settings(
+                    method["protocol"], method["benchmarks"][benchmark], overrides,
+                    where=key, origin=f"{key}.", applied=f"{key}: {json.dumps(overrides)}",
+                )
+            except VcorrError as error:
+                raise WorkflowError(f"{error} [method {name}, protocol {method['protocol']}]")
+
 # Datasets with archives of their own (a derived set such as davis16 reuses another's folder).
 DOWNLOADED_DATASETS = [
     name for name, entry in DATASETS.items() if entry.get("kind") == "dataset" and entry.get("files")
@@ -94,6 +126,9 @@ def pick(requested, known, what):
     if unknown:
         raise WorkflowError(f"config evaluate.{what}: unknown {', '.join(unknown)} (known: {', '.join(known)})")
     return list(requested)
+
+
+check_parameter_overrides()
 
 
 def requested_pairs():
