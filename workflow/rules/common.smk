@@ -143,6 +143,56 @@ def requested_pairs():
     ]
 
 
+def unsupported_pair(benchmark, method):
+    """Why (benchmark, method) cannot be evaluated, from the registries; None when it can."""
+    methods_file = REGISTRY_DIR / "methods.yaml"
+    if method not in METHODS:
+        return f"unknown method '{method}' (methods of {methods_file}: {', '.join(METHODS)})"
+    supported = ", ".join(METHODS[method]["benchmarks"])
+    if benchmark not in BENCHMARKS:
+        return f"unknown benchmark '{benchmark}' (method {method} supports: {supported})"
+    if benchmark not in METHODS[method]["benchmarks"]:
+        return f"method '{method}' has no settings for benchmark '{benchmark}' in {methods_file} (it supports: {supported})"
+    return None
+
+
+def method_settings(benchmark, method):
+    """The method's registry settings for the benchmark; a pair it has none for fails the DAG."""
+    reason = unsupported_pair(benchmark, method)
+    if reason:
+        raise WorkflowError(f"results/{benchmark}/{method}: {reason}")
+    return METHODS[method]["benchmarks"][benchmark]
+
+
+# --- targets the registries do not know (rules/targets.smk) ---------------------------------
+
+
+def unknown_target_regex():
+    """What follows results/ in an evaluation target whose benchmark or method is not in the
+    registries: <b>/<m>.json|zip, scores|crosscheck/<b>/<m>.json, predictions/<b>/<m>/<part>.
+    Called once the other rules are defined: the literal folders they write under results/ are
+    left to them."""
+    reserved = {"scores", "crosscheck", "predictions"}
+    for other in workflow.rules:
+        for output in other.output:
+            parts = Path(str(output)).parts
+            if len(parts) > 2 and parts[0] == "results" and "{" not in parts[1]:
+                reserved.add(parts[1])
+    known = f"(?:{one_of(BENCHMARKS)})/(?:{one_of(METHODS)})"
+    name = r"[^/]+"
+    return "|".join([
+        rf"(?!(?:{one_of(reserved)})/)(?!{known}\.(?:json|zip)$){name}/{name}\.(?:json|zip)",
+        rf"(?:scores|crosscheck)/(?!{known}\.json$){name}/{name}\.json",
+        rf"predictions/(?!{known}/){name}/{name}/{name}",
+    ])
+
+
+def refuse_unknown_target(wildcards):
+    parts = Path(wildcards.target).with_suffix("").parts
+    benchmark, method = parts[-2:] if parts[0] not in ("scores", "crosscheck", "predictions") else parts[1:3]
+    raise WorkflowError(f"results/{wildcards.target}: {unsupported_pair(benchmark, method)}")
+
+
 def all_targets():
     targets = ["results/summary.csv"]
     targets += [f"results/{benchmark}/{method}.json" for benchmark, method in requested_pairs()]
@@ -257,7 +307,7 @@ def propagation_settings(wildcards):
         "fusion": method.get("fusion"),
         "input": method["input"],
         "protocol": method["protocol"],
-        "benchmark": method["benchmarks"][wildcards.benchmark],
+        "benchmark": method_settings(wildcards.benchmark, wildcards.method),
         "overrides": config["propagation"]["set"].get(wildcards.benchmark, {}),
     }
     return json.dumps(settings, sort_keys=True)
@@ -268,6 +318,7 @@ def propagation_settings(wildcards):
 
 def evaluation_file(benchmark, method):
     """What a result reports: the scorer's JSON, or the archive for an evaluation server."""
+    method_settings(benchmark, method)
     if BENCHMARKS[benchmark]["scorer"] == "server":
         return f"results/{benchmark}/{method}.zip"
     return f"results/scores/{benchmark}/{method}.json"
