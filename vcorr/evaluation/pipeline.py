@@ -399,8 +399,10 @@ def feature_stream(plan: SequencePlan, extractor, settings, progress) -> Iterato
     height, width = plan.label_size
     size = settings.input_size(height, width)
     for image in plan.images:
-        yield extractor.extract(read_frame(image, size))
+        features = extractor.extract(read_frame(image, size))
+        # Counted before the yield: the consumer never resumes the generator after the last frame.
         progress.update()
+        yield features
 
 
 def propagate_sequence(plan: SequencePlan, benchmark: Benchmark, extractor, settings, out: Path, progress) -> None:
