@@ -21,7 +21,6 @@ import yaml
 from test_propagate_cli import make_davis, texture, two_bands
 from test_workflow import REPO, registry, registry_copy, snakemake
 from vcorr.cli import build_parser, main
-from vcorr.evaluation.pipeline import prediction_code_digest
 from vcorr.io import sha256_file
 
 
@@ -70,8 +69,6 @@ def test_a_folder_made_with_other_weights_is_refused_naming_them_and_redone_with
     first, second = weights_root(tmp_path / "w1", 1), weights_root(tmp_path / "w2", 2)
     out = tmp_path / "pred"
     assert propagate(davis, out, "--weights-root", str(first), method=method_file) == 0
-    record = json.loads((out / ".vcorr-propagate.json").read_text())
-    assert record["weights"] == [{"file": str(first / "enc" / "crw_r18.pth"), "sha256": sha256_file(first / "enc" / "crw_r18.pth")}]
     before = png_mtimes(out)
     capsys.readouterr()
 
@@ -79,6 +76,8 @@ def test_a_folder_made_with_other_weights_is_refused_naming_them_and_redone_with
     assert propagate(davis, out, "--weights-root", str(second), method=method_file) == 2
     error = capsys.readouterr().err
     old, new = sha256_file(first / "enc" / "crw_r18.pth"), sha256_file(second / "enc" / "crw_r18.pth")
+    record = json.loads((out / ".vcorr-propagate.json").read_text())
+    assert record["weights"] == [{"file": str(first / "enc" / "crw_r18.pth"), "sha256": old}]
     assert f'weights.0: "{old[:12]}..." -> "{new[:12]}..."' in error, error
     assert str(second / "enc" / "crw_r18.pth") in error and "--force" in error
     assert png_mtimes(out) == before
@@ -108,6 +107,8 @@ def test_force_on_some_sequences_deletes_every_prediction_made_otherwise(davis, 
 
 @pytest.mark.parametrize(("key", "value"), [("prediction_code", "0" * 64), ("vcorr_version", "0.0.1")])
 def test_a_folder_made_by_other_code_or_version_is_refused(davis, tmp_path, capsys, key, value):
+    from vcorr.evaluation.pipeline import prediction_code_digest
+
     out = tmp_path / "pred"
     assert propagate(davis, out, "--sequences", "third") == 0
     path = out / ".vcorr-propagate.json"
