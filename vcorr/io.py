@@ -103,6 +103,30 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(temporary)
 
 
+def require_folder(path: str | os.PathLike, what: str) -> Path:
+    """`path` as an existing folder, else an error saying it is missing or not a folder."""
+    path = Path(path)
+    if not path.exists():
+        raise VcorrError(f"{what} {path}: missing")
+    if not path.is_dir():
+        raise VcorrError(f"{what} {path}: not a folder")
+    return path
+
+
+def check_writable(path: str | os.PathLike, what: str, folder: bool = False) -> None:
+    """Refuse, before anything is written, an output `path` that cannot be made: it (for a
+    file output) is a folder or (for a folder output) a file, or its nearest existing parent is a
+    file or not writable."""
+    path = Path(path)
+    if path.exists() and path.is_dir() != folder:
+        raise VcorrError(f"{what} {path}: {'a file, not a folder' if folder else 'a folder, not a file'}")
+    parent = next((ancestor for ancestor in Path(os.path.abspath(path)).parents if ancestor.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise VcorrError(f"{what} {path}: cannot be created, {parent} is a file")
+    if parent is not None and not os.access(parent, os.W_OK | os.X_OK) and not path.exists():
+        raise VcorrError(f"{what} {path}: cannot be created, {parent} is not writable")
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     """Hex sha256 of a file, read in 1 MiB chunks (archives and checkpoints are large)."""
     digest = hashlib.sha256()

@@ -19,7 +19,9 @@ def add_parser(subparsers) -> None:
                         help="dataset root as the official tools take it (for DAVIS the folder holding JPEGImages/)")
     parser.add_argument("--method-config", required=True, metavar="NAME-or-FILE",
                         help="a method of config/methods.yaml, or a YAML file with one method's keys")
-    parser.add_argument("--out", required=True, type=Path, metavar="DIR")
+    parser.add_argument("--out", required=True, type=Path, metavar="DIR",
+                        help="predictions folder: <sequence>/<frame>.png (JHMDB <action>/<clip>.npy) and the run "
+                             "record .vcorr-propagate*.json; complete sequences of an identical earlier run are kept")
     parser.add_argument("--sequences", nargs="+", metavar="NAME", help="only these sequences")
     parser.add_argument("--shard", metavar="i/n", help=SHARD_HELP)
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
@@ -29,6 +31,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a protocol parameter, the size, or a method option (zero_image_bn_update) "
                         "for this run (YAML value), repeatable")
+    parser.add_argument("--force", action="store_true",
+                        help="when --out holds predictions made otherwise (method, settings, weights, vcorr version or "
+                             "code), delete them and propagate every selected sequence anew instead of refusing")
     parser.set_defaults(func=run)
 
 
@@ -38,6 +43,6 @@ def run(args: argparse.Namespace) -> int:
     propagate_benchmark(
         args.benchmark, args.data_root, args.method_config, args.out,
         sequences=args.sequences, shard=parse_shard(args.shard), device=args.device, amp=args.amp,
-        weights_root=args.weights_root, overrides=args.overrides,
+        weights_root=args.weights_root, overrides=args.overrides, force=args.force,
     )  # fmt: skip
     return 0

@@ -33,7 +33,9 @@ def _common(parser: argparse.ArgumentParser, scorer: str, out_required: bool) ->
                         help=f"the dataset root (--{scorer}-root: deprecated spelling)")
     parser.add_argument("--predictions", "--results", dest="predictions", type=Path, required=True, metavar="DIR",
                         help="the `vcorr propagate --out` folder (--results: deprecated spelling)")
-    parser.add_argument("--out", type=Path, required=out_required, metavar="FILE.json")
+    parser.add_argument("--out", type=Path, required=out_required, metavar="FILE.json",
+                        help="the scores JSON (global, per sequence or clip, provenance)"
+                             + ("" if out_required else "; without it only the table and the official CSVs"))
     parser.add_argument("--benchmark", default=DEFAULT_BENCHMARK[scorer],
                         help=f"config/benchmarks.yaml entry supplying the lists (default {DEFAULT_BENCHMARK[scorer]})")
 

@@ -165,25 +165,11 @@ class Method:
                 f"{self.source}: method '{self.name}' has no settings for benchmark '{benchmark}' "
                 f"(it supports: {', '.join(self.benchmarks)})"
             )
-        entry = {**PROTOCOL_DEFAULTS[self.protocol], **copy.deepcopy(self.benchmarks[benchmark])}
-        options = dict(self.options)
-        for key, value in parse_overrides(overrides or []).items():
-            if key in METHOD_OPTIONS:
-                options[key] = _check_option(key, value, "--set")
-                continue
-            if key != "size" and key not in PROTOCOL_PARAMS[self.protocol]:
-                allowed = ", ".join([*PROTOCOL_PARAMS[self.protocol], "size", *METHOD_OPTIONS])
-                raise VcorrError(f"--set {key}: not a parameter of protocol '{self.protocol}' (allowed: {allowed})")
-            entry[key] = value
-        where = f"{self.source}: {self.name}.benchmarks.{benchmark}"
-        try:
-            size = _check_size(entry.pop("size", None), where)
-            _check_params(self.protocol, entry, where)
-        except VcorrError as error:
-            if not overrides:
-                raise
-            raise VcorrError(f"{error} (after --set {' '.join(overrides)})") from None
-        return BenchmarkSettings(self.protocol, entry, size, options)
+        return resolve_settings(
+            self.protocol, self.benchmarks[benchmark], parse_overrides(overrides or []),
+            where=f"{self.source}: {self.name}.benchmarks.{benchmark}",
+            origin="--set ", applied=f"--set {' '.join(overrides)}" if overrides else "", options=self.options,
+        )
 
     def weight_files(self, weights_root: str | Path) -> list[Path]:
         """The checkpoint files this method reads (see WeightsSource.resolve)."""
@@ -210,6 +196,36 @@ class Method:
             "protocol": self.protocol,
             **self.options,
         }
+
+
+def resolve_settings(
+    protocol: str, entry: dict[str, Any], overrides: dict[str, Any], where: str, origin: str = "--set ",
+    applied: str = "", options: dict[str, Any] | None = None,
+) -> BenchmarkSettings:
+    """A method's settings `entry` for one benchmark with `overrides` applied, checked.
+
+    The one check of protocol parameters: `vcorr propagate --set` and the workflow's config
+    `propagation.set` (checked when the DAG is built) both come here. Messages name an unknown
+    override as `<origin><key>` and end a bad value's with `(after <applied>)`.
+    """
+    merged = {**PROTOCOL_DEFAULTS[protocol], **copy.deepcopy(entry)}
+    options = dict(options or {})
+    for key, value in overrides.items():
+        if key in METHOD_OPTIONS:
+            options[key] = _check_option(key, value, origin.strip() or where)
+            continue
+        if key != "size" and key not in PROTOCOL_PARAMS[protocol]:
+            allowed = ", ".join([*PROTOCOL_PARAMS[protocol], "size", *METHOD_OPTIONS])
+            raise VcorrError(f"{origin}{key}: not a parameter of protocol '{protocol}' (allowed: {allowed})")
+        merged[key] = value
+    try:
+        size = _check_size(merged.pop("size", None), where)
+        _check_params(protocol, merged, where)
+    except VcorrError as error:
+        if not overrides:
+            raise
+        raise VcorrError(f"{error} (after {applied})") from None
+    return BenchmarkSettings(protocol, merged, size, options)
 
 
 def load_method(name_or_file: str | Path) -> Method:

@@ -12,25 +12,70 @@ Outputs under `out`:
   evaluates); when the benchmark's `all_frames` folder (`valid_all_frames/` beside `valid`) is
   present, every raw frame is propagated through, as HVC does.
 - JHMDB: `<action>/<clip>.npy`, float `[2, 15, T]` (x, y) coordinates, as `vcorr score jhmdb` reads.
-- `.vcorr-propagate[.shard-I-of-N].json`: method, resolved settings, and the frames every
-  sequence of the run must have (what `vcorr export` checks).
+- `.vcorr-propagate[.shard-I-of-N].json`: method, resolved settings, the sha256 of every
+  checkpoint read, the vcorr version and the identity of the code that made the predictions
+  (`prediction_code`: a sha256 over the source of PREDICTION_CODE), and the frames every sequence
+  of the run must have (what `vcorr export` checks).
 
 Restartable: each sequence is written into a temporary folder (file, for JHMDB) renamed into place
-when complete, so complete sequences are skipped on a rerun and partial ones redone. A rerun with
-different settings into the same folder is refused rather than mixing two methods' outputs.
+when complete, so complete sequences are skipped on a rerun and partial ones redone. They are
+skipped only when the folder's records say they were made the same way: same method and settings,
+same weights (by content, wherever the file lies), same vcorr version and prediction code. Anything
+else is refused with the difference named; `force=True` (`--force`) deletes what the differing
+records describe and propagates every selected sequence anew. Any edit to the prediction code,
+even a comment, counts as other code: hashing the source never misses a change that matters.
+
+Arguments are checked before anything is written (folders, device, checkpoints): a refused run
+leaves no output folder or record behind.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-import shutil
 import os
+import shutil
+import sys
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from vcorr.data.benchmarks import Benchmark
 from vcorr.evaluation.methods import Method
+
+# The code that turns frames into predictions (paths inside the vcorr package; folders: every .py
+# in them). Its source's sha256 is the run record's `prediction_code`.
+PREDICTION_CODE = (
+    "evaluation/pipeline.py", "evaluation/methods.py", "features.py", "io.py", "models", "propagation",
+)
+
+
+def prediction_code_digest() -> str:
+    """sha256 over the relative path and bytes of every source file of PREDICTION_CODE."""
+    package = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for entry in PREDICTION_CODE:
+        path = package / entry
+        for source in sorted(path.glob("*.py")) if path.is_dir() else [path]:
+            digest.update(f"{source.relative_to(package).as_posix()}\0".encode())
+            digest.update(source.read_bytes())
+    return digest.hexdigest()
+
+
+def weights_digests(method: Method, weights_root: Path) -> list[dict[str, str]]:
+    """`{file, sha256}` of each checkpoint the method reads, in encoder order (hashed once per run)."""
+    from vcorr.errors import VcorrError
+    from vcorr.io import sha256_file
+
+    digests = []
+    for path in method.weight_files(weights_root):
+        try:
+            digests.append({"file": str(path), "sha256": sha256_file(path)})
+        except OSError as error:
+            raise VcorrError(f"{path}: unreadable checkpoint ({error.strerror or error})") from None
+    return digests
+
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:
     from vcorr.errors import VcorrError
@@ -136,17 +181,19 @@ def _walk_all_frames(plan: SequencePlan, all_frames: Path) -> None:
 
 def resolved_record(
     benchmark: str, data_root: Path, method, settings, plans, selected, all_sequences,
-    wanted: list[str] | None, shard: tuple[int, int] | None,
+    wanted: list[str] | None, shard: tuple[int, int] | None, weights: list[dict[str, str]],
 ) -> dict:
     from vcorr import __version__
 
     frames_source = {name: str(plans[name].images[0].parent) for name in selected[:1]}
     return {
         "vcorr_version": __version__,
+        "prediction_code": prediction_code_digest(),
         "benchmark": benchmark,
         "data_root": str(data_root),
         "method": method.as_dict(),
         "settings": settings.as_dict(),
+        "weights": weights,
         "frames_source_example": frames_source,
         "selection": {"sequences": wanted, "shard": list(shard) if shard else None},
         "sequences": {name: plans[name].written for name in selected},
@@ -155,22 +202,69 @@ def resolved_record(
 
 
 def _comparable(record: dict) -> dict:
+    """What must agree for predictions to be reused (weights by content: the folder may move)."""
     method = {key: value for key, value in record["method"].items() if key != "source"}
-    return {"benchmark": record["benchmark"], "method": method, "settings": record["settings"]}
+    return {
+        "benchmark": record["benchmark"],
+        "method": method,
+        "settings": record["settings"],
+        # Keyed by encoder index; None for a record older than weights hashing.
+        "weights": {str(index): entry.get("sha256") for index, entry in enumerate(record["weights"])}
+        if isinstance(record.get("weights"), list) else None,
+        "vcorr_version": record.get("vcorr_version"),
+        "prediction_code": record.get("prediction_code"),
+    }
 
 
-def check_existing_records(out: Path, record: dict) -> None:
-    """Refuse to mix: complete sequences are only skipped when they were made the same way."""
-    from vcorr.errors import VcorrError
+def _flatten(value, prefix: str = "") -> dict[str, object]:
+    if not isinstance(value, dict) or not value:
+        return {prefix: value}
+    return {key: item for name, entry in value.items() for key, item in _flatten(entry, f"{prefix}{name}.").items()}
+
+
+def record_differences(existing: dict, record: dict) -> list[str]:
+    """`key: recorded -> now` for every comparable value that differs (digests shortened)."""
+
+    def shown(value) -> str:
+        return json.dumps(value[:12] + "..." if isinstance(value, str) and len(value) == 64 else value)
+
+    old, new = _flatten(_comparable(existing)), _flatten(_comparable(record))
+    keys = [*new, *(key for key in old if key not in new)]
+    return [f"{key.rstrip('.')}: {shown(old.get(key))} -> {shown(new.get(key))}" for key in keys if old.get(key) != new.get(key)]
+
+
+def differing_records(out: Path, record: dict) -> list[dict]:
+    """The records of `out` (one per run or shard) of predictions made otherwise than `record`."""
     from vcorr.export import read_records
 
-    for existing in read_records(out):
-        if _comparable(existing) != _comparable(record):
-            raise VcorrError(
-                f"{existing['_path']}: {out} holds predictions made with other settings "
-                f"({json.dumps(_comparable(existing)['settings'])} of method {existing['method'].get('name')}); "
-                "delete the folder or choose another --out"
-            )
+    if not out.is_dir():
+        return []
+    return [existing for existing in read_records(out) if _comparable(existing) != _comparable(record)]
+
+
+def refuse_differing(out: Path, record: dict, differing: list[dict]) -> None:
+    from vcorr.errors import VcorrError
+
+    existing = differing[0]
+    changes = record_differences(existing, record)
+    if any(change.startswith("weights.") for change in changes):
+        changes.append(f"this run reads {', '.join(entry['file'] for entry in record['weights'])}")
+    raise VcorrError(
+        f"{existing['_path']}: {out} holds predictions made with other settings (recorded -> this run: "
+        f"{'; '.join(changes)}); rerun with --force to delete and redo them, or choose another --out"
+    )
+
+
+def delete_recorded(out: Path, task: str, records: list[dict]) -> None:
+    """--force: the predictions and records of runs made otherwise (so none is reused later)."""
+    for existing in records:
+        for sequence in existing["sequences"]:
+            target = output_path(out, task, sequence)
+            if target.is_dir():
+                shutil.rmtree(target)
+            else:
+                target.unlink(missing_ok=True)
+        Path(existing["_path"]).unlink(missing_ok=True)
 
 
 def output_path(out: Path, task: str, sequence: str) -> Path:
@@ -224,59 +318,75 @@ def propagate_benchmark(
     amp: bool = False,
     weights_root: str | Path = Path("resources/data"),
     overrides: Sequence[str] = (),
+    force: bool = False,
 ) -> PropagationSummary:
     """Propagate the first-frame labels of every (selected) sequence of `benchmark` found under
     `data_root` with `method` (a Method, a methods.yaml name or a method YAML file) into `out`.
 
     `sequences` keeps only these, `shard=(i, n)` then every n-th from the i-th; `overrides` are
     `KEY=VALUE` protocol parameters or `size` for this benchmark; checkpoints are resolved
-    against `weights_root`. Complete sequences of an earlier identical run are skipped.
+    against `weights_root`. Complete sequences of an earlier identical run are skipped; an earlier
+    run made otherwise is refused, or with `force` deleted and redone (with every selected sequence).
     """
     from tqdm import tqdm
 
     from vcorr.data.benchmarks import benchmark as benchmark_entry
     from vcorr.evaluation.methods import load_method
     from vcorr.export import record_path
-    from vcorr.io import write_json
+    from vcorr.io import check_writable, require_folder, write_json
 
     entry = benchmark_entry(benchmark)
     if not isinstance(method, Method):
         method = load_method(method)
     data_root, out, weights_root = Path(data_root), Path(out), Path(weights_root)
+    require_folder(data_root, "--data-root")
+    check_writable(out, "--out", folder=True)
     settings = method.settings_for(benchmark, list(overrides))
     method.check_weights(weights_root)
 
     plans, all_sequences = plan_run(entry, data_root, sequences)
     selected = select_sequences(all_sequences, sequences, shard)
-    record = resolved_record(benchmark, data_root, method, settings, plans, selected, all_sequences, sequences, shard)
-    out.mkdir(parents=True, exist_ok=True)
-    check_existing_records(out, record)
-    write_json(record_path(out, shard), record)
-
-    todo = [name for name in selected if not output_path(out, entry.task, name).exists()]
+    record = resolved_record(
+        benchmark, data_root, method, settings, plans, selected, all_sequences, sequences, shard,
+        weights_digests(method, weights_root),
+    )
+    differing = differing_records(out, record)
+    if differing and not force:
+        refuse_differing(out, record, differing)
+    todo = [name for name in selected if force or not output_path(out, entry.task, name).exists()]
     skipped = [name for name in selected if name not in set(todo)]
+    extractor = None
+    if todo:
+        from vcorr.features import FeatureExtractor
+
+        # The device and every checkpoint are checked here, before anything is written.
+        extractor = FeatureExtractor(
+            method.features, weights_root, device=device, amp=amp,
+            zero_image_bn_update=settings.options["zero_image_bn_update"],
+        )  # fmt: skip
+        if amp and not extractor.amp:
+            print(f"vcorr propagate: warning: --amp ignored on {extractor.device} (float16 autocast runs on CUDA "
+                  "only); computing in float32", file=sys.stderr)
+
+    delete_recorded(out, entry.task, differing)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(record_path(out, shard), record)
     print(
         f"vcorr propagate: {benchmark} with {method.name} ({settings.protocol} "
         f"{json.dumps(settings.params)}, size {settings.size}); {len(selected)} sequence(s) selected, "
-        f"{len(skipped)} already complete"
+        f"{len(skipped)} already complete{f', {len(differing)} earlier run(s) made otherwise deleted (--force)' if differing else ''}"
     )
-    if not todo:
-        return PropagationSummary(selected, skipped, [])
-
-    from vcorr.features import FeatureExtractor
-
-    extractor = FeatureExtractor(
-        method.features, weights_root, device=device, amp=amp,
-        zero_image_bn_update=settings.options["zero_image_bn_update"],
-    )  # fmt: skip
+    start, frames = time.perf_counter(), 0
     for number, name in enumerate(todo, start=1):
         plan = plans[name]
         remove_partial_outputs(out, entry.task, name)
-        progress = tqdm(total=len(plan.frames), desc=f"[{number}/{len(todo)}] {name}", unit="frame", leave=False)
-        try:
+        with tqdm(total=len(plan.frames), desc=f"[{number}/{len(todo)}] {name}", unit="frame", leave=True) as progress:
             propagate_sequence(plan, entry, extractor, settings, out, progress)
-        finally:
-            progress.close()
+        frames += len(plan.frames)
+    seconds = time.perf_counter() - start
+    rate = f", {frames / seconds:.1f} frames/s" if todo and seconds > 0 else ""
+    print(f"vcorr propagate: done: {len(todo)} sequence(s) propagated ({frames} frames in {seconds:.1f} s{rate}), "
+          f"{len(skipped)} already complete -> {out}")
     return PropagationSummary(selected, skipped, todo)
 
 
@@ -315,8 +425,10 @@ def feature_stream(plan: SequencePlan, extractor, settings, progress) -> Iterato
     height, width = plan.label_size
     size = settings.input_size(height, width)
     for image in plan.images:
-        yield extractor.extract(read_frame(image, size))
+        features = extractor.extract(read_frame(image, size))
+        # Counted before the yield: the consumer never resumes the generator after the last frame.
         progress.update()
+        yield features
 
 
 def propagate_sequence(plan: SequencePlan, benchmark: Benchmark, extractor, settings, out: Path, progress) -> None:

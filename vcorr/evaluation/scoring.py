@@ -21,6 +21,18 @@ from pathlib import Path
 from vcorr.errors import VcorrError
 
 
+def check_arguments(data_root: Path, predictions: Path, *outputs: tuple[Path | None, bool]) -> None:
+    """What every scorer refuses before reading or writing anything: a missing or non-folder
+    --data-root / --predictions, an output (`(path, is_folder)`) that cannot be written."""
+    from vcorr.io import check_writable, require_folder
+
+    require_folder(data_root, "--data-root")
+    require_folder(predictions, "--predictions")
+    for path, folder in outputs:
+        if path is not None:
+            check_writable(path, "--csv-dir" if folder else "--out", folder=folder)
+
+
 def _versions() -> dict[str, str]:
     import cv2
     import numpy
@@ -69,6 +81,7 @@ def score_davis(
     from vcorr.metrics import davis
 
     predictions, csv_dir = Path(predictions), Path(csv_dir or predictions)
+    check_arguments(data_root, predictions, (out, False), (csv_dir, True))
     start = time.perf_counter()
     sequences = davis.evaluate(data_root, predictions, subset, year, jobs)
     statistics = davis.per_object_statistics(sequences)
@@ -136,6 +149,7 @@ def score_jhmdb(data_root: Path, predictions: Path, split: Path, out: Path) -> d
     from vcorr.io import write_json
     from vcorr.metrics.pck import pck
 
+    check_arguments(data_root, predictions, (out, False))
     start = time.perf_counter()
     clips = jhmdb_split_clips(split)
     coords, truths = [], []
@@ -183,6 +197,7 @@ def score_vip(data_root: Path, predictions: Path, video_list: Path, out: Path) -
     from vcorr.io import write_json
     from vcorr.metrics.vip import miou
 
+    check_arguments(data_root, predictions, (out, False))
     start = time.perf_counter()
     data_root, predictions = Path(data_root), Path(predictions)
     scores = miou(vip_frames(data_root, predictions, video_list))

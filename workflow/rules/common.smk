@@ -1,12 +1,15 @@
 # Configuration, registries and the input functions every stage uses.
 #
-# The registries (datasets.yaml, benchmarks.yaml, methods.yaml) are read here with yaml only:
-# the DAG never imports the vcorr library. The jobs find the same folder via VCORR_CONFIG_DIR.
+# The registries (datasets.yaml, benchmarks.yaml, methods.yaml) are read here with yaml only. The
+# DAG imports one vcorr module, vcorr.evaluation.methods (yaml and the standard library only), so
+# that config propagation.set is checked by the same code as the jobs' --set. The jobs find the
+# same registry folder via VCORR_CONFIG_DIR.
 
 import json
 import os
 import re
 import shlex
+import sys
 from pathlib import Path
 
 import yaml
@@ -62,6 +65,35 @@ def check_references():
 
 check_references()
 
+
+def check_parameter_overrides():
+    """config propagation.set: a benchmark of the registry, and overrides every requested method
+    with settings for it accepts, as `vcorr propagate --set` would (vcorr's own check)."""
+    sys.path.insert(0, str(REPOSITORY))
+    from vcorr.errors import VcorrError
+    from vcorr.evaluation.methods import PROTOCOL_PARAMS, resolve_settings
+
+    requested = pick(config["evaluate"]["methods"], METHODS, "methods")
+    for benchmark, overrides in config["propagation"]["set"].items():
+        key = f"config propagation.set.{benchmark}"
+        if benchmark not in BENCHMARKS:
+            raise WorkflowError(f"{key}: unknown benchmark '{benchmark}' (benchmarks of {REGISTRY_DIR / 'benchmarks.yaml'}: {', '.join(BENCHMARKS)})")
+        known = {"size", *(name for params in PROTOCOL_PARAMS.values() for name in params)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise WorkflowError(f"{key}.{unknown[0]}: not a protocol parameter (allowed: {', '.join(sorted(known))})")
+        for name in requested:
+            method = METHODS[name]
+            if benchmark not in method["benchmarks"]:
+                continue
+            try:
+                resolve_settings(
+                    method["protocol"], method["benchmarks"][benchmark], overrides,
+                    where=key, origin=f"{key}.", applied=f"{key}: {json.dumps(overrides)}",
+                )
+            except VcorrError as error:
+                raise WorkflowError(f"{error} [method {name}, protocol {method['protocol']}]")
+
 # Datasets with archives of their own (a derived set such as davis16 reuses another's folder).
 DOWNLOADED_DATASETS = [
     name for name, entry in DATASETS.items() if entry.get("kind") == "dataset" and entry.get("files")
@@ -96,6 +128,9 @@ def pick(requested, known, what):
     return list(requested)
 
 
+check_parameter_overrides()
+
+
 def requested_pairs():
     """(benchmark, method) for every requested method on every requested benchmark it supports."""
     benchmarks = pick(config["evaluate"]["benchmarks"], BENCHMARKS, "benchmarks")
@@ -106,6 +141,56 @@ def requested_pairs():
         for method in methods
         if benchmark in METHODS[method]["benchmarks"]
     ]
+
+
+def unsupported_pair(benchmark, method):
+    """Why (benchmark, method) cannot be evaluated, from the registries; None when it can."""
+    methods_file = REGISTRY_DIR / "methods.yaml"
+    if method not in METHODS:
+        return f"unknown method '{method}' (methods of {methods_file}: {', '.join(METHODS)})"
+    supported = ", ".join(METHODS[method]["benchmarks"])
+    if benchmark not in BENCHMARKS:
+        return f"unknown benchmark '{benchmark}' (method {method} supports: {supported})"
+    if benchmark not in METHODS[method]["benchmarks"]:
+        return f"method '{method}' has no settings for benchmark '{benchmark}' in {methods_file} (it supports: {supported})"
+    return None
+
+
+def method_settings(benchmark, method):
+    """The method's registry settings for the benchmark; a pair it has none for fails the DAG."""
+    reason = unsupported_pair(benchmark, method)
+    if reason:
+        raise WorkflowError(f"results/{benchmark}/{method}: {reason}")
+    return METHODS[method]["benchmarks"][benchmark]
+
+
+# --- targets the registries do not know (rules/targets.smk) ---------------------------------
+
+
+def unknown_target_regex():
+    """What follows results/ in an evaluation target whose benchmark or method is not in the
+    registries: <b>/<m>.json|zip, scores|crosscheck/<b>/<m>.json, predictions/<b>/<m>/<part>.
+    Called once the other rules are defined: the literal folders they write under results/ are
+    left to them."""
+    reserved = {"scores", "crosscheck", "predictions"}
+    for other in workflow.rules:
+        for output in other.output:
+            parts = Path(str(output)).parts
+            if len(parts) > 2 and parts[0] == "results" and "{" not in parts[1]:
+                reserved.add(parts[1])
+    known = f"(?:{one_of(BENCHMARKS)})/(?:{one_of(METHODS)})"
+    name = r"[^/]+"
+    return "|".join([
+        rf"(?!(?:{one_of(reserved)})/)(?!{known}\.(?:json|zip)$){name}/{name}\.(?:json|zip)",
+        rf"(?:scores|crosscheck)/(?!{known}\.json$){name}/{name}\.json",
+        rf"predictions/(?!{known}/){name}/{name}/{name}",
+    ])
+
+
+def refuse_unknown_target(wildcards):
+    parts = Path(wildcards.target).with_suffix("").parts
+    benchmark, method = parts[-2:] if parts[0] not in ("scores", "crosscheck", "predictions") else parts[1:3]
+    raise WorkflowError(f"results/{wildcards.target}: {unsupported_pair(benchmark, method)}")
 
 
 def all_targets():
@@ -223,7 +308,7 @@ def propagation_settings(wildcards):
         "input": method["input"],
         "protocol": method["protocol"],
         "options": {key: method[key] for key in ("zero_image_bn_update",) if key in method},
-        "benchmark": method["benchmarks"][wildcards.benchmark],
+        "benchmark": method_settings(wildcards.benchmark, wildcards.method),
         "overrides": config["propagation"]["set"].get(wildcards.benchmark, {}),
     }
     return json.dumps(settings, sort_keys=True)
@@ -234,6 +319,7 @@ def propagation_settings(wildcards):
 
 def evaluation_file(benchmark, method):
     """What a result reports: the scorer's JSON, or the archive for an evaluation server."""
+    method_settings(benchmark, method)
     if BENCHMARKS[benchmark]["scorer"] == "server":
         return f"results/{benchmark}/{method}.zip"
     return f"results/scores/{benchmark}/{method}.json"
