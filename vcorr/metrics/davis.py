@@ -313,7 +313,10 @@ def evaluate(
     else:
         # Longest sequences first, so no worker is left alone with a long one at the end.
         ordered = sorted(tasks, key=lambda task: len(task.annotations), reverse=True)
-        context = multiprocessing.get_context("fork")
+        # forkserver, not fork: a process that already runs threads (torch, tqdm, a loader) can
+        # fork a worker holding one of their locks, which then waits forever.
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload([__name__])
         with concurrent.futures.ProcessPoolExecutor(jobs, context, initializer=_init_worker) as pool:
             futures = [pool.submit(score_sequence, task) for task in ordered]
             try:
