@@ -435,3 +435,20 @@ def test_export_loads_into_the_propagation_encoder(tmp_path):
     assert all(key.startswith("layer4.") for key in report.ignored)
     assert torch.equal(encoder.layer3[1].conv2.weight, model.online_encoder.layer3[1].conv2.weight)
     assert exported["arch"] == "hvc_r18_train" and exported["meta"] == {"steps": 3}
+
+
+def test_export_is_the_vcorr_checkpoint_save_weights_writes(tmp_path):
+    # One writer of the vcorr format: HVC's export and save_weights produce the same object.
+    from vcorr.models.weights import save_weights, vcorr_checkpoint
+
+    torch.manual_seed(0)
+    model = HVC(total_steps=10)
+    exported = hvc.export(model, Config(), {"steps": 3})
+    expected = vcorr_checkpoint(model.online_encoder, {"steps": 3})
+    save_weights(model.online_encoder, tmp_path / "saved.pt", {"steps": 3})
+    saved = torch.load(tmp_path / "saved.pt", weights_only=True)
+    for candidate in (exported, saved):
+        assert {key: value for key, value in candidate.items() if key != "encoder"} == \
+            {key: value for key, value in expected.items() if key != "encoder"}
+        assert candidate["encoder"].keys() == expected["encoder"].keys()
+        assert all(torch.equal(candidate["encoder"][key], expected["encoder"][key]) for key in expected["encoder"])

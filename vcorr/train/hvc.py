@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from vcorr.errors import VcorrError
 from vcorr.features import IMAGENET_MEAN, IMAGENET_STD
-from vcorr.models.weights import VCORR_FORMAT_TAG, VCORR_FORMAT_VERSION
+from vcorr.models.weights import vcorr_checkpoint
 from vcorr.models.encoders import ResNetEncoder, build_encoder, hvc_init
 from vcorr.train.config import TrainConfig
 from vcorr.train.data import TwoViewImages, frames_per_video, normalize
@@ -471,11 +471,4 @@ def training_step(model: nn.Module, batch: tuple[Tensor, ...]) -> tuple[Tensor, 
 def export(model: nn.Module, cfg: Config, meta: dict) -> dict[str, Any]:
     """The online encoder as a vcorr encoder checkpoint (`vcorr.models.weights` format
     `vcorr`, arch `hvc_r18_train`; it loads into `hvc_r18` for propagation, layer4 ignored)."""
-    encoder = getattr(model, "module", model).online_encoder
-    return {
-        "format": VCORR_FORMAT_TAG,
-        "version": VCORR_FORMAT_VERSION,
-        "arch": encoder.spec.name,
-        "encoder": {key: value.detach().cpu() for key, value in encoder.state_dict().items()},
-        "meta": dict(meta),
-    }
+    return vcorr_checkpoint(getattr(model, "module", model).online_encoder, meta)

@@ -44,6 +44,7 @@ from torchvision import models as tv_models
 from torchvision import transforms as T
 
 from vcorr.errors import VcorrError
+from vcorr.models.weights import cpu_state_dict
 from vcorr.train import distributed
 from vcorr.train.config import TrainConfig
 from vcorr.train.data import Transform, TwoViewImages, seeded
@@ -270,6 +271,6 @@ def export(model: nn.Module, cfg: Config, meta: dict) -> dict[str, Any]:
     """MoCo's checkpoint: the `module.`-prefixed state dict (as saved from DDP), `epoch` (epochs
     trained, as MoCo's `epoch + 1`), `arch`; the loop's provenance under `vcorr`."""
     model = getattr(model, "module", model)
-    state = {f"module.{key}": value.detach().cpu() for key, value in model.state_dict().items()}
+    state = cpu_state_dict(model, "module.")
     return {"epoch": int(meta.get("epoch", meta.get("epochs", cfg.epochs))), "arch": cfg.arch,
             "state_dict": state, "vcorr": dict(meta)}
