@@ -67,6 +67,7 @@ class Config(TrainConfig):
     epochs: int = 20  # --epochs
     batch_size: int = 128  # --batch-size (one GPU in the original; global here)
     seed: int = 42  # --seed
+    drop_last: bool = False  # train_img.py / train_vid.py: the DataLoader's default, last partial batch kept
     image_size: int = 256  # --img-size: crops resized to this square
     # None = the original's choice for the variant. Images: no shuffle (train_img.py's DataLoader
     # has no sampler and shuffle=False, a quirk); video: RandomClipSamplerFrame shuffles.

@@ -83,7 +83,8 @@ class Config(TrainConfig):
     epochs: int = 800
     batch_size: int = 64  # 16 clips per GPU x 4 GPUs
     workers: int = 2  # workers_per_gpu
-    sync_bn: bool = True
+    sync_bn: bool = True  # train_cfg=dict(syncbn=True); CUDA only: skipped with a warning on CPU
+    drop_last: bool = True  # train_dataloader=dict(drop_last=True)
     image_size: int = 256
     # networks
     depth: int = 50
