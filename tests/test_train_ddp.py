@@ -15,28 +15,19 @@ from __future__ import annotations
 import contextlib
 import csv
 import os
-import socket
-import subprocess
-import sys
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 from torch.utils.data import Dataset
 
-from train_fixtures import CONFIG, METHOD, REPO_ROOT, TINY, environment, train_command, write_images
+from train_fixtures import CONFIG, METHOD, TINY, free_port, run_torchrun, train_command, write_images
 from vcorr.train import distributed, method_module
 from vcorr.train.checkpoint import checkpoint_path, load_checkpoint
 from vcorr.train.config import load_config
 from vcorr.train.loop import make_loader, prepare, train, train_one_epoch
 
 SAME_STATISTICS = [*TINY, "crop_scale=[1.0, 1.0]", "crop_ratio=[1.0, 1.0]", "batch_size=8", "max_steps=1"]
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class _Float64(Dataset):
@@ -94,7 +85,7 @@ def duplicated(tmp_path_factory):
 
 @pytest.mark.slow
 def test_two_ranks_match_one_process_and_only_rank_0_writes(duplicated, tmp_path):
-    mp.spawn(_rank, args=(2, _free_port(), str(tmp_path), str(duplicated)), nprocs=2, join=True)
+    mp.spawn(_rank, args=(2, free_port(), str(tmp_path), str(duplicated)), nprocs=2, join=True)
     assert not (tmp_path / "work1").exists() and not (tmp_path / "out1").exists()
     assert (tmp_path / "out0" / "encoder.pth").is_file()
     state = load_checkpoint(checkpoint_path(tmp_path / "work0"))
@@ -122,9 +113,7 @@ def test_torchrun_runs_the_same_command(tmp_path):
     index = write_images(tmp_path / "images", 8)
     workdir, out = tmp_path / "work", tmp_path / "encoder.pth"
     command = train_command(index, workdir, out, "max_steps=3", "checkpoint_every=1")
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                "--master-addr", "127.0.0.1", "--master-port", str(_free_port()), "-m", "vcorr", *command[3:]]
-    result = subprocess.run(launcher, capture_output=True, text=True, env=environment(), cwd=REPO_ROOT, timeout=300)
+    result = run_torchrun(command)
     assert result.returncode == 0, result.stderr
     summaries = [line for line in result.stdout.splitlines() if line.startswith(f"{METHOD}: ")]
     assert len(summaries) == 1 and summaries[0].startswith(f"{METHOD}: 3 steps")  # rank 0 reports

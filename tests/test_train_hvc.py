@@ -435,3 +435,67 @@ def test_export_loads_into_the_propagation_encoder(tmp_path):
     assert all(key.startswith("layer4.") for key in report.ignored)
     assert torch.equal(encoder.layer3[1].conv2.weight, model.online_encoder.layer3[1].conv2.weight)
     assert exported["arch"] == "hvc_r18_train" and exported["meta"] == {"steps": 3}
+
+
+def test_export_is_the_vcorr_checkpoint_save_weights_writes(tmp_path):
+    # One writer of the vcorr format: HVC's export and save_weights produce the same object.
+    from vcorr.models.weights import save_weights, vcorr_checkpoint
+
+    torch.manual_seed(0)
+    model = HVC(total_steps=10)
+    exported = hvc.export(model, Config(), {"steps": 3})
+    expected = vcorr_checkpoint(model.online_encoder, {"steps": 3})
+    save_weights(model.online_encoder, tmp_path / "saved.pt", {"steps": 3})
+    saved = torch.load(tmp_path / "saved.pt", weights_only=True)
+    for candidate in (exported, saved):
+        assert {key: value for key, value in candidate.items() if key != "encoder"} == \
+            {key: value for key, value in expected.items() if key != "encoder"}
+        assert candidate["encoder"].keys() == expected["encoder"].keys()
+        assert all(torch.equal(candidate["encoder"][key], expected["encoder"][key]) for key in expected["encoder"])
+
+
+def _original_flow(flow: FlowHead, a, b):
+    """HVC's `Flow.forward` with the head's modules: concat, conv1, bn1, relu, conv2, bn2."""
+    x = flow.relu1(flow.bn1(flow.conv1(torch.cat((a, b), 1))))
+    return flow.bn2(flow.conv2(x))
+
+
+def test_flow_head_recomputes_its_intermediates_exactly():
+    torch.manual_seed(0)
+    flow = FlowHead(2 * 16, 32, 2).train()
+    reference = copy.deepcopy(flow)
+    a = torch.randn(3, 16, 5, 6, requires_grad=True)
+    b = torch.randn(3, 16, 5, 6)
+    upstream = torch.randn(3, 2, 5, 6)
+
+    saved = []
+
+    def pack(tensor):
+        saved.append(tuple(tensor.shape))
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        out = flow(a, b)
+    # Kept for backward: the inputs (alive anyway), bn2's 2-channel input, per-channel tensors; no
+    # 32-channel hidden map (the original keeps conv1's and the ReLU's outputs, [3, 32, 5, 6]).
+    assert (3, 16, 5, 6) in saved and (3, 2, 5, 6) in saved
+    assert not [shape for shape in saved if len(shape) == 4 and shape[1] == 32], saved
+    (out * upstream).sum().backward()
+    grad_a = a.grad.clone()
+    a.grad = None
+    expected = _original_flow(reference, a, b)
+    (expected * upstream).sum().backward()
+    torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(grad_a, a.grad, rtol=1e-5, atol=1e-6)
+    for (name, ours), theirs in zip(flow.named_parameters(), reference.parameters()):
+        # (conv1.bias: zero in exact arithmetic, train-mode BN removes it; both are rounding noise)
+        torch.testing.assert_close(ours.grad, theirs.grad, rtol=1e-5, atol=1e-5, msg=name)
+    # Train-mode BN statistics updated once per forward, as the original's (not again in backward).
+    for (name, ours), theirs in zip(flow.named_buffers(), reference.buffers()):
+        torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-7, msg=name)
+    assert int(flow.bn1.num_batches_tracked) == 1
+    # Eval mode and no-grad calls use the running statistics and leave them alone.
+    flow.eval(), reference.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(flow(a, b), _original_flow(reference, a, b), rtol=1e-6, atol=1e-6)
+    assert int(flow.bn1.num_batches_tracked) == 1

@@ -129,6 +129,21 @@ def test_sampler_is_distributed_sampler_and_skips_done_batches(shuffle, length, 
         assert ours.batches_per_epoch() == math.ceil(math.ceil(length / world) / 2)
 
 
+@pytest.mark.parametrize("length, world", [(10, 1), (11, 1), (11, 2), (7, 3)])
+def test_sampler_drop_last_is_distributed_sampler_with_a_drop_last_loader(length, world):
+    # MoCo / Spa-then-Temp: DataLoader(drop_last=True) over a DistributedSampler.
+    for rank in range(world):
+        reference = DistributedSampler(range(length), num_replicas=world, rank=rank, shuffle=True, seed=4)
+        reference.set_epoch(1)
+        batches = [batch.tolist() for batch in DataLoader(range(length), batch_size=2, sampler=reference, drop_last=True)]
+        ours = ResumableSampler(length, batch_size=2, shuffle=True, seed=4, rank=rank, world_size=world, drop_last=True)
+        ours.set_epoch(1)
+        assert ours.batches_per_epoch() == len(batches) == math.ceil(length / world) // 2
+        assert list(ours) == sum(batches, []) and len(ours) == 2 * len(batches)
+        ours.set_epoch(1, skip_batches=1)
+        assert list(ours) == sum(batches[1:], []) and len(ours) == 2 * (len(batches) - 1)
+
+
 # --------------------------------------------------------------------------------------------
 # vcorr train end to end
 
@@ -164,6 +179,30 @@ def test_train_logs_exports_and_reports(tmp_path):
     assert again.returncode == 0, again.stderr
     assert_identical(torch.load(out, weights_only=False), torch.load(tmp_path / "again.pth", weights_only=False))
     assert len(_rows(workdir / "metrics.csv")) == 4
+
+
+def test_drop_last_drops_the_partial_batch_and_resumes_exactly(tmp_path):
+    index = write_images(tmp_path / "images", 10)  # batch 4: 2 whole batches per epoch, 2 images left
+    run = ("epochs=2", "shuffle=true", "drop_last=true")
+    reference = run_train(index, tmp_path / "work", tmp_path / "encoder.pth", *run)
+    assert reference.returncode == 0, reference.stderr
+    rows = _rows(tmp_path / "work" / "metrics.csv")
+    assert [(int(row["epoch"]), int(row["step"])) for row in rows] == [(0, 1), (0, 2), (1, 3), (1, 4)]
+    state = load_checkpoint(checkpoint_path(tmp_path / "work"))
+    assert (state["steps_per_epoch"], state["epoch"], state["step_in_epoch"]) == (2, 2, 0)
+    # Stopped after step 3 (inside epoch 1), then resumed: the same weights as the uninterrupted run.
+    workdir = tmp_path / "resumed"
+    assert run_train(index, workdir, tmp_path / "first.pth", *run, "max_steps=3").returncode == 0
+    assert (load_checkpoint(checkpoint_path(workdir))["epoch"], load_checkpoint(checkpoint_path(workdir))["step_in_epoch"]) == (1, 1)
+    resumed = run_train(index, workdir, tmp_path / "resumed.pth", *run)
+    assert resumed.returncode == 0 and "resumed at step 3" in resumed.stdout, resumed.stderr
+    assert_identical(torch.load(tmp_path / "encoder.pth", weights_only=False), torch.load(tmp_path / "resumed.pth", weights_only=False))
+
+
+def test_drop_last_with_no_whole_batch_is_refused(tmp_path):
+    index = write_images(tmp_path / "images", 3)
+    out = tmp_path / "out" / "encoder.pth"
+    _refused(run_train(index, tmp_path / "work", out, "drop_last=true"), out, str(index), "no whole batch of 4")
 
 
 def _refused(result, out, *needles):

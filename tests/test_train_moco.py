@@ -361,6 +361,27 @@ def test_vcorr_train_moco_runs_and_exports_the_official_layout(tmp_path):
     assert report.complete and not report.unexpected and not report.notes
 
 
+def test_vcorr_train_moco_drops_the_partial_batch_as_main_moco(tmp_path, capsys):
+    # 10 images, batch 4: MoCo's loader (drop_last=True) gives 2 whole batches per epoch; a
+    # partial batch of 2 would not fit the queue's whole-batch slots.
+    from vcorr.cli import main
+
+    (tmp_path / "images").mkdir()
+    write_images(tmp_path / "images", 10).to_csv(tmp_path / "index.csv", index=False)
+    out = tmp_path / "moco.pth.tar"
+    settings = ["arch=resnet18", "image_size=32", "batch_size=4", "queue_size=16", "dim=8", "workers=0",
+                "epochs=2", "log_every=1"]
+    argv = ["train", "--method", "moco", "--config", str(REPO_ROOT / "config/train/moco_v1.yaml"),
+            "--data", str(tmp_path / "index.csv"), "--workdir", str(tmp_path / "work"), "--out", str(out),
+            "--device", "cpu"] + [item for setting in settings for item in ("--set", setting)]
+    assert main(argv) == 0
+    metrics = pd.read_csv(tmp_path / "work" / "metrics.csv")
+    assert list(metrics.step) == [1, 2, 3, 4] and list(metrics.epoch) == [0, 0, 1, 1]
+    assert int(torch.load(out, weights_only=True)["state_dict"]["module.queue_ptr"]) == 4 * 4 % 16
+    with pytest.raises(VcorrError, match="drop_last"):
+        moco.Config(drop_last=False)
+
+
 def test_vcorr_train_moco_resumes_exactly(tmp_path, capsys):
     # Queue, pointer, key encoder and the global RNG that draws the shuffle all come back: two
     # steps, then a rerun to four, equals four steps at once.

@@ -17,14 +17,16 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from train_fixtures import REPO_ROOT, run_torchrun, train_command
+from vcorr.data.index import INDEX_COLUMNS
 from vcorr.errors import VcorrError
 from vcorr.models import build_encoder
 from vcorr.models.weights import load_weights
 from vcorr.models.encoders import EncoderSpec, ResNetEncoder
 from vcorr.train import correlation, stt
+from vcorr.train.checkpoint import checkpoint_path, load_checkpoint
 from vcorr.train.config import load_config
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = REPO_ROOT.parent / "shared" / "testdata" / "train"
 
 
@@ -547,8 +549,31 @@ def test_vcorr_train_stt_end_to_end(tmp_path):
     result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     metrics = pd.read_csv(tmp_path / "work" / "metrics.csv")
-    assert len(metrics) == 4 and set(stt.LOSS_NAMES) <= set(metrics.columns)
+    # drop_last (Spa-then-Temp's loader): 3 clips give one whole batch of 2 per epoch.
+    assert list(metrics.step) == [1, 2] and list(metrics.epoch) == [0, 1]
+    assert set(stt.LOSS_NAMES) <= set(metrics.columns)
     exported = torch.load(out, weights_only=False)
     assert set(exported) == {"meta", "state_dict"}
     report = load_weights(build_encoder("stt_r18_s8"), out, "stt")
     assert report.complete and not report.unexpected
+
+
+def test_torchrun_on_cpu_with_the_published_sync_bn_config(tmp_path):
+    """`sync_bn: true` (the published config) under torchrun on CPU: SyncBatchNorm is CUDA-only,
+    so the conversion is skipped with one warning and the two processes train."""
+    rows = []
+    for number in range(5):
+        rows += write_video(tmp_path / "frames", f"video_{number}", 2)
+    index = tmp_path / "index.csv"
+    pd.DataFrame(rows, columns=INDEX_COLUMNS).to_csv(index, index=False)
+    workdir = tmp_path / "work"
+    command = train_command(index, workdir, tmp_path / "stt.pth", "batch_size=4", "epochs=2", "teacher_depth=18",
+                            config=REPO_ROOT / "config" / "train" / "stt_r18.yaml", method="stt")
+    result = run_torchrun(command)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr.count("warning: sync_bn: SyncBatchNorm needs CUDA") == 1
+    # 5 clips over 2 ranks: 3 per rank (padded), one whole batch of 2 each (drop_last).
+    assert list(pd.read_csv(workdir / "metrics.csv").step) == [1, 2]
+    state = load_checkpoint(checkpoint_path(workdir))
+    assert state["world_size"] == 2 and state["steps_per_epoch"] == 1 and state["config"]["sync_bn"] is True
+

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -73,6 +74,19 @@ def run_train_process(*args, **kwargs) -> subprocess.CompletedProcess:
     """`vcorr train` as a separate process (what a workflow rule runs)."""
     return subprocess.run(train_command(*args, **kwargs), capture_output=True, text=True, env=environment(),
                           cwd=REPO_ROOT, timeout=300)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def run_torchrun(command: list[str], processes: int = 2) -> subprocess.CompletedProcess:
+    """A `python -m vcorr ...` command (as `train_command` builds it) under torchrun on CPU."""
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(processes),
+                "--master-addr", "127.0.0.1", "--master-port", str(free_port()), *command[1:]]
+    return subprocess.run(launcher, capture_output=True, text=True, env=environment(), cwd=REPO_ROOT, timeout=300)
 
 
 def tensors(obj, prefix: str = "") -> dict[str, torch.Tensor]:

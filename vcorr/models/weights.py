@@ -277,16 +277,27 @@ def load_weights(
     return report
 
 
+def cpu_state_dict(module: torch.nn.Module, prefix: str = "") -> dict[str, torch.Tensor]:
+    """`module`'s state dict detached on the CPU, each key prefixed (`module.` for MoCo's DDP
+    layout, `backbone.` for mmcv's): the tensors every exported checkpoint holds."""
+    return {f"{prefix}{key}": value.detach().cpu() for key, value in module.state_dict().items()}
+
+
+def vcorr_checkpoint(encoder: ResNetEncoder, meta: Mapping | None = None) -> dict:
+    """The vcorr checkpoint object of `encoder` (format tag, version, arch, CPU state dict, `meta`
+    as provenance in plain data): what `save_weights` writes and format `vcorr` loads."""
+    return {
+        "format": VCORR_FORMAT_TAG,
+        "version": VCORR_FORMAT_VERSION,
+        "arch": encoder.spec.name,
+        "encoder": cpu_state_dict(encoder),
+        "meta": dict(meta or {}),
+    }
+
+
 def save_weights(encoder: ResNetEncoder, path: str | Path, meta: Mapping | None = None) -> None:
     """Write `encoder` as a vcorr checkpoint (atomically); `meta` holds provenance (plain data)."""
     from vcorr.io import atomic_file
 
-    checkpoint = {
-        "format": VCORR_FORMAT_TAG,
-        "version": VCORR_FORMAT_VERSION,
-        "arch": encoder.spec.name,
-        "encoder": {key: value.detach().cpu() for key, value in encoder.state_dict().items()},
-        "meta": dict(meta or {}),
-    }
     with atomic_file(path) as temporary:
-        torch.save(checkpoint, temporary)
+        torch.save(vcorr_checkpoint(encoder, meta), temporary)

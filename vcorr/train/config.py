@@ -31,12 +31,13 @@ class TrainConfig:
     workers: int = 4  # DataLoader worker processes (0 = load in the training process)
     seed: int = 42
     shuffle: bool = True
+    drop_last: bool = False  # drop each epoch's last partial batch (of each rank); each method's Config gives its original's choice
     amp: bool | str = "off"  # "off", "fp16" (with GradScaler) or "bf16"; true = fp16. CUDA only: on CPU ignored with a warning
     checkpoint_every: int = 0  # steps between rolling checkpoints; 0 = at the end of each epoch only
     log_every: int = 10  # steps between metrics.csv / TensorBoard rows (means over the steps); 0 = epoch ends only
     max_steps: int | None = None  # stop after this many steps (demos, tests); schedules keep `epochs`
     image_size: int = 256
-    sync_bn: bool = False  # convert BatchNorm to SyncBatchNorm under DDP (batch statistics over all ranks)
+    sync_bn: bool = False  # convert BatchNorm to SyncBatchNorm under DDP (batch statistics over all ranks); CUDA only: on CPU skipped with a warning
 
     # Keys that may differ between a checkpoint and the resumed run: they change how a run is
     # carried out or observed, not the sequence of weights it produces.

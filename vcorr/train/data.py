@@ -192,18 +192,20 @@ class TwoViewImages(Dataset):
 
 class ResumableSampler(Sampler[int]):
     """DistributedSampler semantics (a permutation seeded by seed + epoch when shuffling, padded
-    by repetition to a multiple of the world size, rank r taking every world-th index from r),
-    plus a start position: `set_epoch(epoch, skip_batches=k)` drops this rank's first k batches
+    by repetition to a multiple of the world size, rank r taking every world-th index from r;
+    with `drop_last` a rank's last partial batch is left out, as a DataLoader with drop_last=True
+    over a DistributedSampler does), plus a start position: `set_epoch(epoch, skip_batches=k)` drops this rank's first k batches
     of `batch_size`, so a resumed epoch continues with exactly the batches it had not seen."""
 
     def __init__(self, length: int, *, batch_size: int, shuffle: bool, seed: int,
-                 rank: int = 0, world_size: int = 1):
+                 rank: int = 0, world_size: int = 1, drop_last: bool = False):
         self.length = length
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
+        self.drop_last = drop_last
         self.epoch = 0
         self.skip_batches = 0
         self.per_rank = math.ceil(length / world_size)
@@ -213,7 +215,11 @@ class ResumableSampler(Sampler[int]):
         self.skip_batches = skip_batches
 
     def batches_per_epoch(self) -> int:
-        return math.ceil(self.per_rank / self.batch_size)
+        rounding = math.floor if self.drop_last else math.ceil
+        return rounding(self.per_rank / self.batch_size)
+
+    def _items_per_epoch(self) -> int:
+        return min(self.per_rank, self.batches_per_epoch() * self.batch_size)
 
     def _rank_indices(self) -> list[int]:
         if self.shuffle:
@@ -226,7 +232,7 @@ class ResumableSampler(Sampler[int]):
         return order[self.rank::self.world_size]
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self._rank_indices()[self.skip_batches * self.batch_size:])
+        return iter(self._rank_indices()[self.skip_batches * self.batch_size:self._items_per_epoch()])
 
     def __len__(self) -> int:
-        return max(self.per_rank - self.skip_batches * self.batch_size, 0)
+        return max(self._items_per_epoch() - self.skip_batches * self.batch_size, 0)

@@ -15,7 +15,7 @@ options of `train_img.py` / `train_vid.py`; see `../shared/reference/method-hvc.
   `positive_pairs` finds exactly the pairs of the original's dense `[N, HW, HW]` mask, and the
   spatial and flow terms are sums over those pairs, so memory grows with the number of positives.
   The flow head itself still runs on every cell (its train-mode BN statistics cover all cells,
-  as in the original), which is what the loss's memory now consists of.
+  as in the original); its intermediates are recomputed in backward instead of kept.
 - Checked against the original code (PGSmall/HVC run on this machine): a seeded `HVC` starts
   from the original's exact weights and BN buffers; after a training forward the EMA targets and
   the encoders' BN buffers are bit-identical (the flow head's BN statistics agree to 1e-8: its
@@ -33,10 +33,11 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from vcorr.errors import VcorrError
 from vcorr.features import IMAGENET_MEAN, IMAGENET_STD
-from vcorr.models.weights import VCORR_FORMAT_TAG, VCORR_FORMAT_VERSION
+from vcorr.models.weights import vcorr_checkpoint
 from vcorr.models.encoders import ResNetEncoder, build_encoder, hvc_init
 from vcorr.train.config import TrainConfig
 from vcorr.train.data import TwoViewImages, frames_per_video, normalize
@@ -67,6 +68,7 @@ class Config(TrainConfig):
     epochs: int = 20  # --epochs
     batch_size: int = 128  # --batch-size (one GPU in the original; global here)
     seed: int = 42  # --seed
+    drop_last: bool = False  # train_img.py / train_vid.py: the DataLoader's default, last partial batch kept
     image_size: int = 256  # --img-size: crops resized to this square
     # None = the original's choice for the variant. Images: no shuffle (train_img.py's DataLoader
     # has no sampler and shuffle=False, a quirk); video: RandomClipSamplerFrame shuffles.
@@ -146,7 +148,15 @@ class Projector(nn.Module):
 
 
 class FlowHead(nn.Module):
-    """HVC's `Flow`: concat(a, b) on channels -> 1x1 conv -> BN -> ReLU -> 1x1 conv to 2 -> BN."""
+    """HVC's `Flow`: concat(a, b) on channels -> 1x1 conv -> BN -> ReLU -> 1x1 conv to 2 -> BN.
+
+    It runs on every cell of both views, so its 256-channel intermediates (the conv1 output and
+    the ReLU output, each the size of the features) would be the largest tensors autograd keeps
+    for the loss. When gradients are needed they are not kept but recomputed in backward
+    (activation checkpointing): the same operations on the same inputs, so values and gradients
+    are bit-identical. Train-mode BN updates its running statistics in the forward only; the
+    recomputation normalises with the batch statistics it recomputes, as the forward did.
+    """
 
     def __init__(self, in_dim: int, hidden_dim: int = 256, out_dim: int = 2) -> None:
         super().__init__()
@@ -157,14 +167,35 @@ class FlowHead(nn.Module):
         self.bn2 = nn.BatchNorm2d(out_dim)
 
     def forward(self, a: Tensor, b: Tensor) -> Tensor:
+        if not torch.is_grad_enabled():
+            return self.bn2(self._hidden(a, b, update_statistics=True))
+        calls = []
+
+        def hidden(a: Tensor, b: Tensor) -> Tensor:
+            # The first call is the forward, a later one backward's recomputation.
+            calls.append(None)
+            return self._hidden(a, b, update_statistics=len(calls) == 1)
+
+        return self.bn2(checkpoint(hidden, a, b, use_reentrant=False, preserve_rng_state=False))
+
+    def _hidden(self, a: Tensor, b: Tensor, update_statistics: bool) -> Tensor:
+        """`conv2(relu(bn1(conv1(concat(a, b)))))`; bn1 as `nn.BatchNorm2d.forward` computes it,
+        its running statistics (and batch count) updated only when `update_statistics`."""
         # conv1(concat(a, b)) as the sum of its two halves: the same function without the
-        # concatenated copy (and without its saved copy for backward, nor a gradient for b
-        # when b, the target features, needs none).
+        # concatenated copy (and without a gradient for b when b, the target features, needs none).
         channels = a.shape[1]
         weight = self.conv1.weight
         x = F.conv2d(a, weight[:, :channels]) + F.conv2d(b, weight[:, channels:], self.conv1.bias)
-        x = self.relu1(self.bn1(x))
-        return self.bn2(self.conv2(x))
+        bn = self.bn1
+        running_mean, running_var = bn.running_mean, bn.running_var
+        if bn.training and update_statistics:
+            bn.num_batches_tracked.add_(1)
+        elif bn.training:
+            # Scratch copies take the recomputation's update (train mode normalises with the batch
+            # statistics; the buffers only receive them), and keep the saved tensors the forward's.
+            running_mean, running_var = running_mean.clone(), running_var.clone()
+        x = F.batch_norm(x, running_mean, running_var, bn.weight, bn.bias, bn.training, bn.momentum, bn.eps)
+        return self.conv2(self.relu1(x))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -471,11 +502,4 @@ def training_step(model: nn.Module, batch: tuple[Tensor, ...]) -> tuple[Tensor, 
 def export(model: nn.Module, cfg: Config, meta: dict) -> dict[str, Any]:
     """The online encoder as a vcorr encoder checkpoint (`vcorr.models.weights` format
     `vcorr`, arch `hvc_r18_train`; it loads into `hvc_r18` for propagation, layer4 ignored)."""
-    encoder = getattr(model, "module", model).online_encoder
-    return {
-        "format": VCORR_FORMAT_TAG,
-        "version": VCORR_FORMAT_VERSION,
-        "arch": encoder.spec.name,
-        "encoder": {key: value.detach().cpu() for key, value in encoder.state_dict().items()},
-        "meta": dict(meta),
-    }
+    return vcorr_checkpoint(getattr(model, "module", model).online_encoder, meta)

@@ -229,14 +229,23 @@ def prepare(method: str, config: TrainConfig, index_path: str | Path, workdir: s
         raise VcorrError(f"{checkpoint_path(workdir)}: trained on {state['items']} items per epoch ({state['index']}), "
                          f"but {index_path} gives {length}: use the same index, or --restart")
     sampler = ResumableSampler(length, batch_size=config.batch_size // world, shuffle=config.shuffle,
-                               seed=config.seed, rank=distributed.rank(), world_size=world)
+                               seed=config.seed, rank=distributed.rank(), world_size=world,
+                               drop_last=config.drop_last)
     steps_per_epoch = sampler.batches_per_epoch()
+    if steps_per_epoch == 0:
+        raise VcorrError(f"{index_path}: {length} training items give no whole batch of {sampler.batch_size} per process "
+                         f"(drop_last: true drops partial batches): use a smaller batch_size or more images")
     total_steps = steps_per_epoch * config.epochs
     last_step = min(total_steps, config.max_steps or total_steps)
 
     model = module.build_model(config, total_steps)
     if config.sync_bn and world > 1:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        if torch_device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        elif distributed.is_main():
+            # torch's SyncBatchNorm runs on CUDA only; each rank keeps its own batch statistics.
+            print(f"warning: sync_bn: SyncBatchNorm needs CUDA; on {torch_device} each of the {world} processes "
+                  "normalises with its own batch statistics", file=sys.stderr)
     model.to(torch_device)
     optimizer, scheduler = module.build_optimizer(config, model, steps_per_epoch)
     scaler = torch.amp.GradScaler(torch_device.type, enabled=amp_dtype == torch.float16)
@@ -314,7 +323,7 @@ def make_loader(run: Run) -> DataLoader:
     # mid-epoch on resume does not shift the global RNG stream.
     generator = torch.Generator().manual_seed(config.seed + position.epoch)
     return DataLoader(dataset, batch_size=run.sampler.batch_size, sampler=run.sampler, num_workers=config.workers,
-                      pin_memory=run.device.type == "cuda", drop_last=False, generator=generator,
+                      pin_memory=run.device.type == "cuda", drop_last=config.drop_last, generator=generator,
                       worker_init_fn=_ignore_stop_signals)
 
 

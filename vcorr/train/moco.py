@@ -44,6 +44,7 @@ from torchvision import models as tv_models
 from torchvision import transforms as T
 
 from vcorr.errors import VcorrError
+from vcorr.models.weights import cpu_state_dict
 from vcorr.train import distributed
 from vcorr.train.config import TrainConfig
 from vcorr.train.data import Transform, TwoViewImages, seeded
@@ -78,6 +79,7 @@ class Config(TrainConfig):
     sgd_momentum: float = 0.9  # --momentum
     weight_decay: float = 1e-4  # --wd
     shuffle_bn: bool = True  # MoCo's batch shuffle of the key images across ranks
+    drop_last: bool = True  # main_moco.py's DataLoader(drop_last=True): the queue takes whole batches only
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -88,6 +90,9 @@ class Config(TrainConfig):
         if self.queue_size % self.batch_size:
             # MoCo asserts K % batch == 0 so a whole batch of keys always fits before the wrap.
             raise VcorrError(f"queue_size: {self.queue_size} is not a multiple of batch_size {self.batch_size}")
+        if not self.drop_last:
+            raise VcorrError("drop_last: MoCo's queue takes whole batches only (main_moco.py drops an epoch's "
+                             "last partial batch): drop_last must be true")
         if self.shuffle_bn and self.sync_bn:
             raise VcorrError("shuffle_bn and sync_bn are alternatives: set shuffle_bn: false to use sync_bn")
         if not 0.0 < self.crop_scale[0] <= self.crop_scale[1] <= 1.0:
@@ -144,9 +149,8 @@ class MoCo(nn.Module):
         count = keys.shape[0]
         ptr = int(self.queue_ptr)
         if self.queue_size % count:
-            # MoCo asserts this; its loader drops an epoch's last partial batch (drop_last=True).
-            raise VcorrError(f"MoCo queue: size {self.queue_size} is not a multiple of the global batch {count} "
-                             f"(a partial last batch? MoCo drops it)")
+            # MoCo asserts this, so a batch of keys never wraps around the queue's end.
+            raise VcorrError(f"MoCo queue: size {self.queue_size} is not a multiple of the global batch {count}")
         self.queue[:, ptr:ptr + count] = keys.T.to(self.queue.dtype)
         self.queue_ptr[0] = (ptr + count) % self.queue_size
 
@@ -270,6 +274,6 @@ def export(model: nn.Module, cfg: Config, meta: dict) -> dict[str, Any]:
     """MoCo's checkpoint: the `module.`-prefixed state dict (as saved from DDP), `epoch` (epochs
     trained, as MoCo's `epoch + 1`), `arch`; the loop's provenance under `vcorr`."""
     model = getattr(model, "module", model)
-    state = {f"module.{key}": value.detach().cpu() for key, value in model.state_dict().items()}
+    state = cpu_state_dict(model, "module.")
     return {"epoch": int(meta.get("epoch", meta.get("epochs", cfg.epochs))), "arch": cfg.arch,
             "state_dict": state, "vcorr": dict(meta)}

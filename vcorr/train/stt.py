@@ -59,7 +59,7 @@ from torchvision.models import resnet as tv_resnet
 
 from vcorr.errors import VcorrError
 from vcorr.features import normalise_frames
-from vcorr.models.weights import FORMATS, _rule_stt, load_weights
+from vcorr.models.weights import FORMATS, _rule_stt, cpu_state_dict, load_weights
 from vcorr.models.encoders import EncoderSpec, ResNetEncoder
 from vcorr.train import distributed
 from vcorr.train.config import TrainConfig
@@ -83,7 +83,8 @@ class Config(TrainConfig):
     epochs: int = 800
     batch_size: int = 64  # 16 clips per GPU x 4 GPUs
     workers: int = 2  # workers_per_gpu
-    sync_bn: bool = True
+    sync_bn: bool = True  # train_cfg=dict(syncbn=True); CUDA only: skipped with a warning on CPU
+    drop_last: bool = True  # train_dataloader=dict(drop_last=True)
     image_size: int = 256
     # networks
     depth: int = 50
@@ -486,7 +487,7 @@ def build_optimizer(cfg: Config, model: nn.Module, steps_per_epoch: int):
 
 def export(model: nn.Module, cfg: Config, meta: dict) -> dict[str, Any]:
     student = (model.module if hasattr(model, "module") else model).backbone
-    state = {f"backbone.{key}": value.detach().cpu() for key, value in student.state_dict().items()}
+    state = cpu_state_dict(student, "backbone.")
     return {"meta": dict(meta), "state_dict": state}
 
 
