@@ -1,0 +1,154 @@
+"""Training configs: a typed dataclass per method (`TrainConfig` holds the keys every method has),
+read from `config/train/<name>.yaml` with `--set key=value` overrides and validated on load.
+
+A method's `Config` subclasses `TrainConfig` and gives every hyper-parameter the original's value
+as its default; the YAML names the method and overrides keys. An unknown key or a value of the
+wrong type is refused with the key and the file, before any data is read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import yaml
+
+from vcorr.errors import VcorrError
+from vcorr.evaluation.methods import parse_overrides
+
+AMP_MODES = ("off", "fp16", "bf16")
+
+
+@dataclass
+class TrainConfig:
+    method: str = ""
+    epochs: int = 1
+    batch_size: int = 128  # the GLOBAL batch: split evenly over DDP ranks
+    workers: int = 4  # DataLoader worker processes (0 = load in the training process)
+    seed: int = 42
+    shuffle: bool = True
+    amp: bool | str = "off"  # "off", "fp16" (with GradScaler) or "bf16"; true = fp16. CUDA only: on CPU ignored with a warning
+    checkpoint_every: int = 0  # steps between rolling checkpoints; 0 = at the end of each epoch only
+    log_every: int = 10  # steps between metrics.csv / TensorBoard rows
+    max_steps: int | None = None  # stop after this many steps (demos, tests); schedules keep `epochs`
+    image_size: int = 256
+    sync_bn: bool = False  # convert BatchNorm to SyncBatchNorm under DDP (batch statistics over all ranks)
+
+    # Keys that may differ between a checkpoint and the resumed run: they change how a run is
+    # carried out or observed, not the sequence of weights it produces.
+    RUNTIME_KEYS: ClassVar[frozenset[str]] = frozenset({"workers", "checkpoint_every", "log_every", "max_steps"})
+
+    def __post_init__(self) -> None:
+        # YAML `amp: true` means the original's fp16 autocast with a GradScaler.
+        if self.amp is True:
+            self.amp = "fp16"
+        elif self.amp is False:
+            self.amp = "off"
+        if self.amp not in AMP_MODES:
+            raise VcorrError(f"amp: {self.amp!r} is not one of {', '.join(AMP_MODES)} (or true/false)")
+        for key in ("epochs", "batch_size"):
+            if getattr(self, key) < 1:
+                raise VcorrError(f"{key}: must be at least 1, got {getattr(self, key)}")
+        for key in ("workers", "checkpoint_every", "log_every"):
+            if getattr(self, key) < 0:
+                raise VcorrError(f"{key}: must be >= 0, got {getattr(self, key)}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise VcorrError(f"max_steps: must be at least 1 (or null), got {self.max_steps}")
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _accepts(value: Any, annotation: Any) -> tuple[bool, Any]:
+    """Whether `value` fits `annotation`, and the value converted (int -> float, list -> tuple)."""
+    if annotation is Any:
+        return True, value
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(annotation):
+            fits, converted = _accepts(value, option)
+            if fits:
+                return True, converted
+        return False, value
+    if annotation is type(None):
+        return value is None, value
+    if annotation is bool:
+        return isinstance(value, bool), value
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if annotation is float:
+        fits = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return fits, float(value) if fits else value
+    if annotation is str:
+        return isinstance(value, str), value
+    if origin in (tuple, list) or annotation in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            return False, value
+        args = typing.get_args(annotation)
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(args) != len(value):
+                return False, value
+            items = [_accepts(item, arg) for item, arg in zip(value, args)]
+        else:
+            items = [_accepts(item, args[0] if args else Any) for item in value]
+        if not all(fits for fits, _ in items):
+            return False, value
+        converted = [item for _, item in items]
+        return True, tuple(converted) if (origin or annotation) is tuple else converted
+    if origin is dict or annotation is dict:
+        return isinstance(value, dict), value
+    return isinstance(value, annotation), value
+
+
+def _type_name(annotation: Any) -> str:
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
+
+def build_config(config_class: type[TrainConfig], values: dict[str, Any], source: str) -> TrainConfig:
+    """`config_class(**values)` after checking every key and type; errors name `source`."""
+    hints = typing.get_type_hints(config_class)
+    fields = {field.name for field in dataclasses.fields(config_class)}
+    checked = {}
+    for key, value in values.items():
+        if key not in fields:
+            raise VcorrError(f"{source}: unknown key '{key}' for method '{values.get('method')}' "
+                             f"(known: {', '.join(sorted(fields))})")
+        fits, checked[key] = _accepts(value, hints[key])
+        if not fits:
+            raise VcorrError(f"{source}: {key}: must be {_type_name(hints[key])}, got {value!r}")
+    try:
+        return config_class(**checked)
+    except VcorrError as error:
+        raise VcorrError(f"{source}: {error}") from None
+
+
+def load_config(method: str, file: str | Path, overrides: list[str] | None = None) -> TrainConfig:
+    """The method's `Config` from a YAML file plus `--set key=value` overrides, validated."""
+    from vcorr.train import method_module
+
+    path = Path(file)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise VcorrError(f"{path}: training config missing") from None
+    except yaml.YAMLError as error:
+        raise VcorrError(f"{path}: invalid YAML ({error})") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise VcorrError(f"{path}: expected a mapping of config keys to values")
+    named = data.setdefault("method", method)
+    if named != method:
+        raise VcorrError(f"{path}: a config for method '{named}', not '{method}'")
+    config_class = method_module(method).Config
+    config = build_config(config_class, data, str(path))
+    extra = parse_overrides(overrides or [])
+    if "method" in extra:
+        raise VcorrError("--set method: the method is chosen with --method")
+    if extra:
+        config = build_config(config_class, {**data, **extra}, f"{path} with --set {', '.join(extra)}")
+    return config

@@ -1,0 +1,471 @@
+"""The training loop every method shares: `train` sets a run up (or resumes it from the work dir's
+checkpoint), runs `train_one_epoch` per epoch, and exports the encoder when training completes.
+
+One step: `loss, terms = method.training_step(model, batch)` (under autocast when AMP is on);
+`optimizer.zero_grad()`; backward (through the GradScaler for fp16); `optimizer.step()`;
+`scheduler.step()`. Everything the original does inside forward (HVC's EMA update, MoCo's
+momentum update and enqueue) stays in the model's forward.
+
+Work dir: `checkpoint.pt` (rolling, see `vcorr.train.checkpoint`), `config.yaml` (the resolved
+config), `metrics.csv` and `tensorboard/` (loss terms, lr, images/s every `log_every` steps).
+Only rank 0 writes.
+
+Datasets are built once per epoch: `build_dataset(cfg, index, epoch_seed=epoch)`, where a method
+combines the epoch with `cfg.seed` and the item index to seed each item's random choices.
+
+Preemption: SIGTERM or SIGUSR1 (what Slurm sends before a time limit or preemption) makes every
+rank stop at the next step boundary; the checkpoint is written and `TrainingInterrupted` is raised
+(`vcorr train` exits with 128 + the signal number: 143 for SIGTERM, 138 for SIGUSR1). Rerunning
+the same command resumes where it stopped, with the same result as a run never interrupted.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import random
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from vcorr import __version__
+from vcorr.data.index import read_index
+from vcorr.errors import VcorrError
+from vcorr.io import atomic_file
+from vcorr.train import distributed, method_module
+from vcorr.train.checkpoint import (check_resumable, checkpoint_path, load_checkpoint, rng_state,
+                                    save_checkpoint, set_rng_state)
+from vcorr.train.config import TrainConfig
+from vcorr.train.data import ResumableSampler, check_images
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class TrainingInterrupted(Exception):
+    """A stop signal arrived; the checkpoint holds the run up to the step it stopped after."""
+
+    def __init__(self, signum: int, step: int, checkpoint: Path):
+        name = signal.Signals(signum).name
+        super().__init__(f"{name} received: stopped after step {step}, checkpoint {checkpoint}; "
+                         "rerun the same command to resume")
+        self.exit_code = 128 + signum
+
+
+@dataclass
+class Position:
+    """Where a run is: `step_in_epoch` batches of `epoch` done, `global_step` steps in all."""
+
+    epoch: int = 0
+    step_in_epoch: int = 0
+    global_step: int = 0
+
+
+@dataclass
+class Run:
+    """A prepared run: what `train_one_epoch` needs, set up for this rank."""
+
+    method: str
+    module: ModuleType
+    config: TrainConfig
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    index: Any  # the index table
+    index_path: str
+    model: nn.Module  # DDP-wrapped when world size > 1
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+    sampler: ResumableSampler
+    steps_per_epoch: int
+    last_step: int  # the run is complete when global_step reaches it
+    position: Position
+    workdir: Path
+    git: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def unwrapped(self) -> nn.Module:
+        return getattr(self.model, "module", self.model)
+
+    @property
+    def checkpoint(self) -> Path:
+        return checkpoint_path(self.workdir)
+
+
+class StopRequest:
+    """Records SIGTERM / SIGUSR1 instead of dying, so the loop can checkpoint first."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopRequest:
+        for signum in STOP_SIGNALS:
+            self._previous[signum] = signal.signal(signum, self._record)
+        return self
+
+    def _record(self, signum: int, frame: Any) -> None:
+        self.signum = signum
+
+    def __exit__(self, *exc: Any) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+class MetricsLog:
+    """metrics.csv and TensorBoard scalars in the work dir (rank 0), cut back to the resumed step
+    so rows logged after the last checkpoint of an interrupted run are not duplicated."""
+
+    def __init__(self, workdir: Path, resume_step: int):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.path = workdir / "metrics.csv"
+        self.fields: list[str] = []
+        if self.path.exists():
+            with open(self.path, newline="") as handle:
+                reader = csv.DictReader(handle)
+                self.fields = list(reader.fieldnames or [])
+                rows = [row for row in reader if int(row["step"]) <= resume_step]
+            self._rewrite(rows)
+        self.tensorboard = SummaryWriter(str(workdir / "tensorboard"), purge_step=resume_step + 1)
+
+    def _rewrite(self, rows: list[dict[str, Any]]) -> None:
+        with atomic_file(self.path) as temporary:
+            with open(temporary, "w", newline="") as handle:
+                writer = csv.DictWriter(handle, self.fields, restval="")
+                writer.writeheader()
+                writer.writerows(rows)
+
+    def write(self, row: dict[str, Any]) -> None:
+        new = [key for key in row if key not in self.fields]
+        if new:  # a first row, or a term the method did not report before: widen the table
+            rows = []
+            if self.path.exists():
+                with open(self.path, newline="") as handle:
+                    rows = list(csv.DictReader(handle))
+            self.fields += new
+            self._rewrite(rows)
+        with open(self.path, "a", newline="") as handle:
+            csv.DictWriter(handle, self.fields, restval="").writerow(row)
+        for key, value in row.items():
+            if key not in ("epoch", "step"):
+                self.tensorboard.add_scalar(key, value, row["step"])
+        self.tensorboard.flush()
+
+    def close(self) -> None:
+        self.tensorboard.close()
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _amp_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
+    if config.amp == "off":
+        return None
+    if device.type != "cuda":
+        if distributed.is_main():
+            print(f"warning: amp: '{config.amp}' needs CUDA; training in float32 on {device}", file=sys.stderr)
+        return None
+    return AMP_DTYPES[config.amp]
+
+
+def _resume_state(path: Path, method: str, config: TrainConfig, restart: bool) -> dict[str, Any] | None:
+    try:
+        state = load_checkpoint(path)
+    except VcorrError:
+        if restart:
+            return None
+        raise
+    if state is None:
+        return None
+    if restart and state.get("method") == method:
+        return None
+    check_resumable(state, path, method, config.as_dict(), type(config).RUNTIME_KEYS)
+    return state
+
+
+def prepare(method: str, config: TrainConfig, index_path: str | Path, workdir: str | Path, *,
+            device: str = "auto", restart: bool = False) -> tuple[Run, dict[str, Any] | None]:
+    """Set a run up on this rank (joining the torchrun process group if there is one); return it
+    with the checkpoint it resumes from (None for a fresh start)."""
+    module = method_module(method)
+    if not isinstance(config, module.Config):
+        raise VcorrError(f"config of type {type(config).__name__} is not method '{method}''s Config")
+    torch_device = distributed.resolve_device(device)
+    distributed.init_distributed(torch_device)
+    world = distributed.world_size()
+    if config.batch_size % world:
+        raise VcorrError(f"batch_size {config.batch_size} is not divisible by the {world} processes")
+    _seed_everything(distributed.rank_seed(config.seed))
+    amp_dtype = _amp_dtype(config, torch_device)
+
+    workdir = Path(workdir)
+    state = _resume_state(checkpoint_path(workdir), method, config, restart)
+    index = read_index(Path(index_path))
+    check_images(index, index_path)
+
+    position = Position()
+    if state is not None:
+        position = Position(state["epoch"], state["step_in_epoch"], state["global_step"])
+    length = len(module.build_dataset(config, index, epoch_seed=position.epoch))
+    if length == 0:
+        raise VcorrError(f"{index_path}: method '{method}' finds no training items in this index")
+    if state is not None and state["items"] != length:
+        raise VcorrError(f"{checkpoint_path(workdir)}: trained on {state['items']} items per epoch ({state['index']}), "
+                         f"but {index_path} gives {length}: use the same index, or --restart")
+    sampler = ResumableSampler(length, batch_size=config.batch_size // world, shuffle=config.shuffle,
+                               seed=config.seed, rank=distributed.rank(), world_size=world)
+    steps_per_epoch = sampler.batches_per_epoch()
+    total_steps = steps_per_epoch * config.epochs
+    last_step = min(total_steps, config.max_steps or total_steps)
+
+    model = module.build_model(config, total_steps)
+    if config.sync_bn and world > 1:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model.to(torch_device)
+    optimizer, scheduler = module.build_optimizer(config, model, steps_per_epoch)
+    scaler = torch.amp.GradScaler(torch_device.type, enabled=amp_dtype == torch.float16)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        if hasattr(model, "load_train_state"):
+            model.load_train_state(state["train_state"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        if len(state["rng"]) == world:
+            set_rng_state(state["rng"][distributed.rank()])
+        elif distributed.is_main():
+            print(f"warning: {checkpoint_path(workdir)} was written by {len(state['rng'])} processes, not "
+                  f"{world}: the global RNGs restart from the seed and the rest of the epoch is split over "
+                  "ranks differently (resume is exact only with the same number of processes)", file=sys.stderr)
+    if world > 1:
+        ids = [torch_device.index] if torch_device.type == "cuda" else None
+        model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+    from vcorr.report import git_state
+
+    run = Run(method, module, config, torch_device, amp_dtype, index, str(index_path), model, optimizer, scheduler,
+              scaler, sampler, steps_per_epoch, last_step, position, workdir, git_state())
+    return run, state
+
+
+def save(run: Run) -> None:
+    """The rolling checkpoint (every rank takes part: RNG states are gathered to rank 0)."""
+    rng = distributed.gather_objects(rng_state())
+    if not distributed.is_main():
+        return
+    model = run.unwrapped
+    position = run.position
+    epoch, step_in_epoch = position.epoch, position.step_in_epoch
+    if step_in_epoch == run.steps_per_epoch:
+        epoch, step_in_epoch = epoch + 1, 0
+    save_checkpoint(run.checkpoint, {
+        "method": run.method,
+        "config": run.config.as_dict(),
+        "model": model.state_dict(),
+        "train_state": model.train_state() if hasattr(model, "train_state") else None,
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict() if run.scheduler is not None else None,
+        "scaler": run.scaler.state_dict(),
+        "epoch": epoch,
+        "step_in_epoch": step_in_epoch,
+        "global_step": position.global_step,
+        "steps_per_epoch": run.steps_per_epoch,
+        "items": run.sampler.length,
+        "index": run.index_path,
+        "world_size": distributed.world_size(),
+        "rng": rng,
+        "git_commit": run.git.get("commit"),
+        "git_dirty": run.git.get("dirty"),
+        "vcorr_version": __version__,
+        "torch_version": torch.__version__,
+    })
+
+
+def _ignore_stop_signals(worker: int) -> None:
+    # Slurm signals every process of the job step: a loader worker must not die of the SIGTERM
+    # meant for the training process, which stops the workers itself after checkpointing.
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+
+
+def make_loader(run: Run) -> DataLoader:
+    """This epoch's loader, starting at the batch after the last one done."""
+    config, position = run.config, run.position
+    dataset = run.module.build_dataset(config, run.index, epoch_seed=position.epoch)
+    run.sampler.set_epoch(position.epoch, skip_batches=position.step_in_epoch)
+    # The loader's own generator (not the global one) seeds its workers, so creating a loader
+    # mid-epoch on resume does not shift the global RNG stream.
+    generator = torch.Generator().manual_seed(config.seed + position.epoch)
+    return DataLoader(dataset, batch_size=run.sampler.batch_size, sampler=run.sampler, num_workers=config.workers,
+                      pin_memory=run.device.type == "cuda", drop_last=False, generator=generator,
+                      worker_init_fn=_ignore_stop_signals)
+
+
+def train_one_epoch(run: Run, loader: DataLoader, after_step: Callable[[torch.Tensor, dict[str, float], int], None]) -> bool:
+    """Steps over `loader` until it ends or the run reaches its last step (then returns True);
+    `after_step(loss, terms, images)` runs after each step (logging, checkpoints, signals)."""
+    training_step = run.module.training_step
+    run.model.train()
+    batches = iter(loader)
+    try:
+        for batch in batches:
+            batch = tuple(tensor.to(run.device, non_blocking=True) for tensor in batch)
+            with torch.autocast(run.device.type, dtype=run.amp_dtype or torch.float32, enabled=run.amp_dtype is not None):
+                loss, terms = training_step(run.model, batch)
+            run.optimizer.zero_grad(set_to_none=True)
+            run.scaler.scale(loss).backward()
+            run.scaler.step(run.optimizer)
+            run.scaler.update()
+            if run.scheduler is not None:
+                run.scheduler.step()
+            run.position.step_in_epoch += 1
+            run.position.global_step += 1
+            after_step(loss, terms, len(batch[0]))
+            if run.position.global_step >= run.last_step:
+                return True
+        return False
+    finally:
+        # Stop the workers now, even when an exception keeps the iterator referenced: they ignore
+        # SIGTERM (see `_ignore_stop_signals`), so one left to multiprocessing's exit handler,
+        # which terminates workers with SIGTERM, would never end.
+        if hasattr(batches, "_shutdown_workers"):
+            batches._shutdown_workers()
+
+
+class _StepHooks:
+    """Logging, progress, checkpoint cadence and stop signals between steps."""
+
+    def __init__(self, run: Run, stop: StopRequest, log: MetricsLog | None, progress: tqdm | None):
+        self.run, self.stop, self.log, self.progress = run, stop, log, progress
+        self.window_terms: dict[str, float] = {}
+        self.window_steps = 0
+        self.window_images = 0
+        self.window_start = time.perf_counter()
+        self.images = 0
+        self.last_terms: dict[str, float] = {}
+
+    def __call__(self, loss: torch.Tensor, terms: dict[str, float], images: int) -> None:
+        run, position, config = self.run, self.run.position, self.run.config
+        values = {"loss": float(loss.detach()), **{key: float(value) for key, value in terms.items()}}
+        for key, value in values.items():
+            self.window_terms[key] = self.window_terms.get(key, 0.0) + value
+        self.window_steps += 1
+        self.window_images += images * distributed.world_size()
+        end_of_epoch = position.step_in_epoch == run.steps_per_epoch
+        last = position.global_step >= run.last_step
+        if (config.log_every and position.global_step % config.log_every == 0) or end_of_epoch or last:
+            self._log_window()
+        if self.progress is not None:
+            self.progress.update(1)
+            self.progress.set_postfix(loss=f"{values['loss']:.4g}", epoch=position.epoch, refresh=False)
+        if (config.checkpoint_every and position.global_step % config.checkpoint_every == 0) or end_of_epoch or last:
+            save(run)
+        if distributed.any_rank(self.stop.signum is not None, run.device):
+            save(run)
+            signum = int(distributed.gather_objects(self.stop.signum or 0)[0]) or signal.SIGTERM
+            raise TrainingInterrupted(signum, position.global_step, run.checkpoint)
+
+    def _log_window(self) -> None:
+        keys = sorted(self.window_terms)
+        means = torch.tensor([self.window_terms[key] / self.window_steps for key in keys], dtype=torch.float64)
+        means = distributed.all_reduce_mean(means.to(self.run.device)).cpu().tolist()
+        seconds = time.perf_counter() - self.window_start
+        self.images += self.window_images
+        row = {"epoch": self.run.position.epoch, "step": self.run.position.global_step,
+               "lr": self.run.optimizer.param_groups[0]["lr"],
+               "images_per_s": self.window_images / seconds if seconds > 0 else math.nan,
+               **dict(zip(keys, means))}
+        self.last_terms = dict(zip(keys, means))
+        if self.log is not None:
+            self.log.write(row)
+        self.window_terms, self.window_steps, self.window_images = {}, 0, 0
+        self.window_start = time.perf_counter()
+
+
+def _write_config(run: Run) -> None:
+    with atomic_file(run.workdir / "config.yaml") as temporary:
+        config = {key: list(value) if isinstance(value, tuple) else value for key, value in run.config.as_dict().items()}
+        temporary.write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def export(run: Run, out: Path) -> None:
+    """The method's export of the trained model to `out`, atomically."""
+    meta = {"method": run.method, "config": run.config.as_dict(), "steps": run.position.global_step,
+            "epochs": run.config.epochs, "index": run.index_path, "git_commit": run.git.get("commit"),
+            "vcorr_version": __version__}
+    exported = run.module.export(run.unwrapped, run.config, meta)
+    with atomic_file(out) as temporary:
+        torch.save(exported, temporary)
+
+
+def train(method: str, config: TrainConfig, index_path: str | Path, workdir: str | Path, out: str | Path, *,
+          device: str = "auto", restart: bool = False) -> dict[str, Any]:
+    """Train (or resume) `method` on the images of an index; export to `out` once complete.
+
+    Returns a summary: steps, epochs, seconds, images/s, the last logged terms, whether it resumed.
+    Raises `TrainingInterrupted` after checkpointing when SIGTERM / SIGUSR1 arrives.
+    """
+    out = Path(out)
+    try:
+        with StopRequest() as stop:
+            run, state = prepare(method, config, index_path, workdir, device=device, restart=restart)
+            main = distributed.is_main()
+            start_step = run.position.global_step
+            log = progress = None
+            if main:
+                run.workdir.mkdir(parents=True, exist_ok=True)
+                _write_config(run)
+                log = MetricsLog(run.workdir, start_step)
+                progress = tqdm(total=run.last_step, initial=start_step, desc=f"train {method}", unit="step",
+                                file=sys.stderr, dynamic_ncols=True)
+            hooks = _StepHooks(run, stop, log, progress)
+            started = time.perf_counter()
+            try:
+                while run.position.global_step < run.last_step:
+                    if train_one_epoch(run, make_loader(run), hooks):
+                        break
+                    run.position.epoch += 1
+                    run.position.step_in_epoch = 0
+            finally:
+                if progress is not None:
+                    progress.close()
+                if log is not None:
+                    log.close()
+            seconds = time.perf_counter() - started
+            if main:
+                export(run, out)
+            distributed.barrier()
+    except VcorrError as error:
+        message = str(error)
+        # An error in a DataLoader worker comes back wrapped with the worker's traceback: keep the
+        # message the dataset raised.
+        if message.startswith("Caught VcorrError") and "VcorrError: " in message:
+            raise VcorrError(message.rsplit("VcorrError: ", 1)[1].strip()) from None
+        raise
+    finally:
+        distributed.shutdown()
+    steps = run.position.global_step - start_step
+    return {
+        "method": method, "steps": run.position.global_step, "steps_this_run": steps,
+        "epochs": run.position.global_step / run.steps_per_epoch, "seconds": seconds,
+        "images_per_s": hooks.images / seconds if seconds > 0 and steps else 0.0,
+        "terms": hooks.last_terms, "resumed_from": start_step if state is not None else None, "out": str(out),
+        "main": main,
+    }
