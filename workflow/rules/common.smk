@@ -88,12 +88,25 @@ def check_references():
             if "id" in source and source["id"] not in DATASETS:
                 raise WorkflowError(f"{where}: {name}.weights.{key}.id: '{source['id']}' is not in datasets.yaml")
 
+    def follow(chain):
+        for source in (MODELS[chain[-1]].get("weights") or {}).values():
+            if "model" in source:
+                if source["model"] in chain:
+                    raise WorkflowError(f"{where}: {chain[0]} starts from itself ({' -> '.join(chain + [source['model']])})")
+                follow(chain + [source["model"]])
+
+    for name in MODELS:
+        follow([name])
+
 
 check_references()
 
-# Datasets with archives of their own (a derived set such as davis16 reuses another's folder).
+# Datasets with a folder of their own: unpacked from their archives, or written by their builder
+# (`built_by`, no download); a derived set such as davis16 reuses another's folder.
 DOWNLOADED_DATASETS = [
-    name for name, entry in DATASETS.items() if entry.get("kind") == "dataset" and entry.get("files")
+    name
+    for name, entry in DATASETS.items()
+    if entry.get("kind") == "dataset" and (entry.get("files") or entry.get("built_by"))
 ]
 
 
