@@ -3,6 +3,7 @@ and bad method files are refused with the file and key named."""
 
 from __future__ import annotations
 
+import re
 import textwrap
 from pathlib import Path
 
@@ -54,9 +55,13 @@ def test_registry_method_resolves_on_every_benchmark_it_lists(name):
     datasets = load_registry("datasets")
     for encoder in method.encoders:
         assert encoder.arch in ENCODERS
-        if encoder.weights:
+        if encoder.weights and encoder.weights.id:
             # The file is one the data step promises to unpack for that weights id.
             assert encoder.weights.file in datasets[encoder.weights.id]["index"]["weights"]["files"]
+        elif encoder.weights:
+            # A file the workflow produces: the export of a model it trains (models.yaml).
+            model = re.fullmatch(r"results/models/(.+)\.pth", encoder.weights.path)
+            assert model and model[1] in load_registry("models"), encoder.weights.path
     # Spa-then-Temp's protocol has no objects that appear later, which YouTube-VOS needs.
     expected = set(benchmark_names()) - ({"ytvos18", "ytvos19"} if method.protocol == "stt" else set())
     assert set(method.benchmarks) == expected
