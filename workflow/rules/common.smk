@@ -294,10 +294,7 @@ def training_workdir(wildcards):
 
 
 def training_arguments(wildcards):
-    return " ".join(
-        f"--set {shlex.quote(f'{key}={json.dumps(value)}')}"
-        for key, value in sorted(training_overrides(wildcards.model).items())
-    )
+    return set_arguments(training_overrides(wildcards.model))
 
 
 TORCHRUN = "python3 -m torch.distributed.run"
@@ -361,12 +358,14 @@ def shard_argument(wildcards):
     return f"--shard {match[1]}/{match[2]}" if match else ""
 
 
+def set_arguments(overrides):
+    """`--set KEY=VALUE` arguments (values as JSON, which vcorr reads as YAML), sorted by key."""
+    return " ".join(f"--set {shlex.quote(f'{key}={json.dumps(value)}')}" for key, value in sorted(overrides.items()))
+
+
 def parameter_overrides(benchmark):
-    """`--set KEY=VALUE` arguments from config propagation.set.<benchmark> (values as JSON)."""
-    overrides = config["propagation"]["set"].get(benchmark, {})
-    return " ".join(
-        f"--set {shlex.quote(f'{key}={json.dumps(value)}')}" for key, value in sorted(overrides.items())
-    )
+    """`--set KEY=VALUE` arguments from config propagation.set.<benchmark>."""
+    return set_arguments(config["propagation"]["set"].get(benchmark, {}))
 
 
 def propagation_settings(wildcards):
