@@ -160,6 +160,8 @@ def all_targets():
             for benchmark, method in requested_pairs()
             if benchmark in CROSSCHECKED
         ]
+    if config["report"]["page"]:
+        targets.append("results/report.html")
     return targets
 
 
