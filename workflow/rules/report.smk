@@ -53,15 +53,23 @@ from types import SimpleNamespace
 
 
 def trained_models_read():
-    """Models of models.yaml that a requested method reads (their training curves go on the page)."""
+    """Models of models.yaml that a requested method reads, and the models they start from
+    (stage one before stage two): their training curves go on the page."""
     pattern = re.escape(MODEL_FILE).replace(re.escape("{model}"), "(.+)")
-    methods = {method for _, method in requested_pairs()}
     models = []
-    for method in sorted(methods):
+
+    def add(model):
+        for source in (MODELS[model].get("weights") or {}).values():
+            if "model" in source:
+                add(source["model"])
+        if model not in models:
+            models.append(model)
+
+    for method in sorted({method for _, method in requested_pairs()}):
         for encoder in METHODS[method]["encoders"]:
             trained = re.fullmatch(pattern, (encoder.get("weights") or {}).get("path") or "")
-            if trained and trained[1] not in models:
-                models.append(trained[1])
+            if trained:
+                add(trained[1])
     return models
 
 
@@ -144,7 +152,7 @@ rule report_page:
             for heading, files in (
                 ("Headline scores", [input.scores]),
                 ("Training curves", list(input.losses)),
-                ("Ground truth (left) and prediction (right)", list(input.overlays)),
+                ("Ground truth (top row) and prediction (bottom row)", list(input.overlays)),
             )
             if files
         ),
