@@ -5,7 +5,9 @@
 writes `DEST/<id>/<file name>` for every entry of .test/config/datasets.yaml: DAVIS-2017
 (two sequences, two and one objects), JHMDB (two clips with joint positions), VIP_Fine (two
 videos with part labels), YouTube-VOS 2018 valid (two videos, server-scored: propagated in
-shards, exported) and a videowalk/CRW-format checkpoint (`{"model": ...}` with
+shards, exported), the training sets (COCO train2017 images, an ImageNet train tar of per-class
+tars, YouTube-VOS 2018 train clips; image counts that the tiny batches divide) and a
+videowalk/CRW-format checkpoint (`{"model": ...}` with
 `encoder.model.` keys of a torchvision ResNet-18, random values from `--weights-seed`). That tree
 is both what a local mirror serves (the registry's URLs are http://vcorr-test.invalid/<id>/<name>)
 and what `resources/downloads/` holds when the archives are placed by hand, so
@@ -31,6 +33,9 @@ DAVIS_SEQUENCES = {"blackswan": 2, "bmx-trees": 1}  # sequence -> objects
 JHMDB_CLIPS = ["brush_hair/clip_a", "brush_hair/clip_b"]
 VIP_VIDEOS = ["videos1", "videos2"]
 YTVOS_VIDEOS = {"0a2f2bd294": 2, "0b6db1c6fd": 1}  # video -> objects
+COCO_IMAGES = 4
+IMAGENET_CLASSES = {"n01440764": 4, "n01443537": 4}  # wnid -> images
+YTVOS_TRAIN_VIDEOS = ["003234408d", "0043f083b5", "0044fa5fba", "005a527edd"]  # 3 frames each
 FRAMES = 4
 HEIGHT, WIDTH = 48, 64
 
@@ -143,6 +148,40 @@ def build_ytvos(dest: Path, rng: np.random.Generator) -> None:
     _write_zip(dest / "ytvos18" / "valid.zip", members)
 
 
+def _tar_bytes(members: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def _frames(rng: np.random.Generator, count: int) -> list[bytes]:
+    return [_image_bytes(rgb, "JPEG") for rgb, _ids in _scene(rng, 1, frames=count)]
+
+
+def build_training_sets(dest: Path, rng: np.random.Generator) -> None:
+    """COCO `train2017.zip` (train2017/*.jpg), ImageNet `ILSVRC2012_img_train.tar` (one inner
+    <wnid>.tar of JPEGs per class) and YouTube-VOS 2018 `train.zip` (train/JPEGImages/<video>/)."""
+    images = _frames(rng, COCO_IMAGES)
+    _write_zip(dest / "coco" / "train2017.zip",
+               {f"train2017/{number + 1:012d}.jpg": data for number, data in enumerate(images)})
+    inner = {
+        f"{wnid}.tar": _tar_bytes({f"{wnid}_{number + 1}.JPEG": data for number, data in enumerate(_frames(rng, count))})
+        for wnid, count in IMAGENET_CLASSES.items()
+    }
+    target = dest / "imagenet" / "ILSVRC2012_img_train.tar"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(_tar_bytes(inner))
+    clips = {}
+    for video in YTVOS_TRAIN_VIDEOS:
+        for t, data in enumerate(_frames(rng, 3)):
+            clips[f"train/JPEGImages/{video}/{5 * t:05d}.jpg"] = data
+    _write_zip(dest / "ytvos18_train" / "train.zip", clips)
+
+
 def write_crw_checkpoint(path: Path, seed: int) -> None:
     """videowalk's layout: {"model": {"encoder.model.<torchvision resnet18 key>", "selfsim_fc.*"}}.
 
@@ -170,6 +209,7 @@ def build(dest: Path, weights_seed: int = 7) -> None:
     build_jhmdb(dest, rng)
     build_vip(dest, rng)
     build_ytvos(dest, rng)
+    build_training_sets(dest, rng)
     write_crw_checkpoint(dest / "crw" / "pretrained.pth", weights_seed)
 
 

@@ -3,6 +3,7 @@ and bad method files are refused with the file and key named."""
 
 from __future__ import annotations
 
+import re
 import textwrap
 from pathlib import Path
 
@@ -48,17 +49,24 @@ def test_benchmark_registry_lists_every_layout_benchmark_with_its_scorer():
 
 @pytest.mark.parametrize("name", list(load_registry("methods")))
 def test_registry_method_resolves_on_every_benchmark_it_lists(name):
-    from vcorr.models.encoders import ENCODERS
+    from vcorr.models.encoders import ENCODERS, PIXEL_ENCODERS
 
     method = load_method(name)
     datasets = load_registry("datasets")
     for encoder in method.encoders:
-        assert encoder.arch in ENCODERS
-        if encoder.weights:
+        assert encoder.arch in [*ENCODERS, *PIXEL_ENCODERS]
+        if encoder.weights and encoder.weights.id:
             # The file is one the data step promises to unpack for that weights id.
             assert encoder.weights.file in datasets[encoder.weights.id]["index"]["weights"]["files"]
+        elif encoder.weights:
+            # A file the workflow produces: the export of a model it trains (models.yaml).
+            model = re.fullmatch(r"results/models/(.+)\.pth", encoder.weights.path)
+            assert model and model[1] in load_registry("models"), encoder.weights.path
+    # A method covers every benchmark of real data, or (the demo's) every one of a built set;
     # Spa-then-Temp's protocol has no objects that appear later, which YouTube-VOS needs.
-    expected = set(benchmark_names()) - ({"ytvos18", "ytvos19"} if method.protocol == "stt" else set())
+    built = {name for name in benchmark_names() if datasets[load_registry("benchmarks")[name]["dataset"]].get("built_by")}
+    family = built if set(method.benchmarks) <= built else set(benchmark_names()) - built
+    expected = family - ({"ytvos18", "ytvos19"} if method.protocol == "stt" else set())
     assert set(method.benchmarks) == expected
     entry = load_registry("methods")[name]
     for benchmark in method.benchmarks:

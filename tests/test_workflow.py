@@ -158,7 +158,7 @@ def registry_copy(folder: Path) -> Path:
     """The project's registries in `folder` (lists linked), to be edited by a test."""
     folder.mkdir()
     (folder / "lists").symlink_to(REPO / "config" / "lists")
-    for name in ("datasets", "benchmarks", "methods"):
+    for name in ("datasets", "benchmarks", "methods", "models"):
         shutil.copy(REPO / "config" / f"{name}.yaml", folder / f"{name}.yaml")
     return folder
 

@@ -29,10 +29,13 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 PACKAGES = ["slurmctld", "slurmd", "slurm-client", "munge", "slurmdbd", "mariadb-server"]
 PROGRAMS = ["slurmctld", "slurmd", "sbatch", "sacct", "sacctmgr", "munged", "slurmdbd", "mariadbd", "mariadb-install-db"]
 CLUSTER_SCRIPTS = REPO / "tests" / "slurm"
-RUN_LIMIT_S = 480
+RUN_LIMIT_S = 780
 # A part of the tiny configuration that still exercises every kind of cluster job: extraction,
-# propagation on a GPU (one job, and YouTube-VOS in two shards), scoring, export.
+# propagation on a GPU (one job, and YouTube-VOS in two shards), scoring, export, and training
+# (one GPU each, through torchrun: tiny_hvc, and tiny_moco -> tiny_stt), asked for by target.
 SUBSET = {"methods": ["tiny_crw"], "benchmarks": ["davis17", "jhmdb", "ytvos18"]}
+TRAINED = ["results/davis17/tiny_hvc.json", "results/davis17/tiny_stt.json"]
+TRAINING_ON_A_GPU = {"train": {"mem_mb": 2000, "runtime": 10, "cpus_per_task": 1, "gpu": 1, "nodes": 1}}
 
 
 def ensure_slurm_installed() -> None:
@@ -67,6 +70,7 @@ def scratch():
         shutil.rmtree(folder, ignore_errors=True)
 
 
+@pytest.mark.timeout(1500)  # the Slurm packages' install, then the run
 def test_tiny_configuration_runs_through_sbatch_with_gpu_requests(scratch, tmp_path):
     mirror = tmp_path / "mirror"
     load_builder().build(mirror)
@@ -74,13 +78,15 @@ def test_tiny_configuration_runs_through_sbatch_with_gpu_requests(scratch, tmp_p
     try:
         workspace = make_tiny_workspace(tmp_path / "work", mirror, mirror_url)
         overlay = tmp_path / "overlay.yaml"
-        overlay.write_text(yaml.safe_dump({"registries": str(workspace.registries), "evaluate": SUBSET}))
+        resources = {**yaml.safe_load((TINY / "config/config.yaml").read_text())["resources"], **TRAINING_ON_A_GPU}
+        overlay.write_text(yaml.safe_dump({"registries": str(workspace.registries), "evaluate": SUBSET,
+                                           "resources": resources}))
         # The README's one-time step, with the user's config folder in the scratch area.
         config_home = scratch / "xdg"
         (config_home / "snakemake").mkdir(parents=True)
         (config_home / "snakemake" / "slurm").symlink_to(REPO / "profiles" / "slurm")
         snakemake = [
-            sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--profile", "slurm",
+            sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--profile", "slurm", "all", *TRAINED,
             "--default-resources", "slurm_partition=debug", "slurm_account=root",
             "--configfile", str(TINY / "config/config.yaml"), str(overlay),
         ]
@@ -101,10 +107,20 @@ def test_tiny_configuration_runs_through_sbatch_with_gpu_requests(scratch, tmp_p
     for record in records:
         rule = record["Comment"].removeprefix("rule_").split("_wildcards_")[0]
         rules.setdefault(rule, []).append(record)
-    assert len(rules.get("propagate", [])) == 4, records  # davis17, jhmdb, and ytvos18 in two shards
+    # tiny_crw on davis17, jhmdb, and ytvos18 in two shards; each trained method on its benchmark.
+    assert len(rules.get("propagate", [])) == 4 + len(TRAINED), records
     for record in rules["propagate"]:
         assert record["State"] == "COMPLETED", record
         assert "gres/gpu=1" in record["ReqTRES"] and "gres/gpu=1" in record["AllocTRES"], record
+    # One training job per model, each asking for (and given) its GPU; torchrun ran one process.
+    trained = sorted(record["Comment"].split("_wildcards_")[1] for record in rules.get("train", []))
+    assert trained == ["tiny_hvc", "tiny_moco", "tiny_stt"], records
+    for record in rules["train"]:
+        assert record["State"] == "COMPLETED", record
+        assert "gres/gpu=1" in record["ReqTRES"] and "gres/gpu=1" in record["AllocTRES"], record
+    for model in trained:
+        log = (workspace.root / "logs/train" / f"{model}.log").read_text()
+        assert log.count(f"exported results/models/{model}.pth") == 1, log[-2000:]
     for rule in ("extract", "score", "export"):
         assert rules.get(rule), f"no {rule} job went through sbatch: {records}"
         assert all("gres/gpu" not in record["AllocTRES"] for record in rules[rule]), rules[rule]
@@ -117,3 +133,5 @@ def test_tiny_configuration_runs_through_sbatch_with_gpu_requests(scratch, tmp_p
         assert result["method"] == "tiny_crw" and result["benchmark"] == benchmark
     assert (root / "results/ytvos18/tiny_crw.zip").is_file()
     assert (root / "results/summary.csv").read_text().count("\n") == 1 + len(SUBSET["benchmarks"])
+    for target in TRAINED:
+        assert json.loads((root / target).read_text())["status"] == "scored"

@@ -59,7 +59,7 @@ def add_parser(subparsers) -> None:
     _common(jhmdb, "jhmdb", out_required=True)
     jhmdb.add_argument("--split", type=Path,
                        help="seeds-format list, one '<...>/joint_positions/<action>/<clip>/joint_positions.mat "
-                            "<.../Rename_Images/<action>/<clip>>' per line (default: the benchmark's split_list)")
+                            "<.../Rename_Images/<action>/<clip>>' per line (default: the benchmark's video_list inside --data-root when present, else its split_list)")
     jhmdb.set_defaults(func=run_jhmdb)
 
     vip = scorers.add_parser("vip", help="VIP part propagation mIoU")
@@ -90,19 +90,14 @@ def run_davis(args: argparse.Namespace) -> int:
 def run_jhmdb(args: argparse.Namespace) -> int:
     from vcorr.evaluation.scoring import score_jhmdb
 
-    split = args.split or _benchmark(args).split_list_path()
+    split = args.split or _benchmark(args).sequence_list(args.data_root)
     score_jhmdb(args.data_root, args.predictions, split, args.out)
     return 0
 
 
 def run_vip(args: argparse.Namespace) -> int:
-    from vcorr.data.readers import preferred_list
     from vcorr.evaluation.scoring import score_vip
 
-    if args.list:
-        video_list = args.list
-    else:
-        entry = _benchmark(args)
-        video_list = preferred_list(args.data_root, entry.video_list, entry.split_list)
+    video_list = args.list or _benchmark(args).sequence_list(args.data_root)
     score_vip(args.data_root, args.predictions, video_list, args.out)
     return 0

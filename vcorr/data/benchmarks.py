@@ -12,6 +12,7 @@ from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 
 from vcorr.config import config_dir, load_registry, registry_entry
+from vcorr.data.readers import preferred_list
 from vcorr.data.readers import require
 from vcorr.errors import VcorrError
 
@@ -49,6 +50,10 @@ class Benchmark:
         if not self.split_list:
             raise VcorrError(f"config/benchmarks.yaml: {self.name}: has no split_list")
         return require(config_dir() / self.split_list, f"split_list of benchmark {self.name}, shipped in config/")
+
+    def sequence_list(self, root: Path) -> Path:
+        """The list naming the sequences: `<root>/<video_list>` when present, else the shipped split_list."""
+        return preferred_list(root, self.video_list, self.split_list)
 
 
 _KEYS = {item.name for item in fields(Benchmark)} - {"name"}

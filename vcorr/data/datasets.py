@@ -31,6 +31,8 @@ class Dataset:
     how: str = ""
     root: str = "."
     derived_from: str | None = None
+    built_by: str | None = None  # a builder of vcorr.data.extract.BUILDERS writes the folder (no download)
+    build: dict = field(default_factory=dict)  # the builder's settings
     flatten: bool = False
     index: dict = field(default_factory=dict)
 

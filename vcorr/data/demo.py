@@ -601,6 +601,19 @@ def _counts(records: dict[str, dict], config: DemoConfig) -> dict[str, int]:
     }
 
 
+def build_from_settings(out: Path, settings: dict) -> DemoSummary:
+    """`build_demo` from a registry entry's `build` mapping: `seed` and DemoConfig fields."""
+    settings = dict(settings)
+    seed = settings.pop("seed", 0)
+    known = set(DemoConfig.__dataclass_fields__)
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise VcorrError(f"config/datasets.yaml: demo build: unknown key(s) {', '.join(unknown)} "
+                         f"(known: seed, {', '.join(sorted(known))})")
+    fields = {key: tuple(value) if isinstance(value, list) else value for key, value in settings.items()}
+    return build_demo(out, seed, DemoConfig(**fields))
+
+
 def build_demo(out: Path, seed: int = 0, config: DemoConfig | None = None) -> DemoSummary:
     """Write the demo dataset to `out`, atomically; see the module doc.
 

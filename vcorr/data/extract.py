@@ -158,10 +158,28 @@ def _link_derived(entry: Dataset, data_dir: Path) -> Path:
     return link
 
 
+def _build_demo(target: Path, settings: dict) -> None:
+    from vcorr.data.demo import build_from_settings
+
+    print(build_from_settings(target, settings).line(), file=sys.stderr)
+
+
+# `built_by` of config/datasets.yaml: writers of a set made from material installed with vcorr
+# (no download), each given resources/data/<id>/ and the entry's `build` settings.
+BUILDERS = {"demo": _build_demo}
+
+
 def extract(dataset_id: str, downloads: Path, data_dir: Path, force: bool = False) -> Path:
-    """resources/data/<id>/ from the verified files in resources/downloads/<id>/; its path."""
+    """resources/data/<id>/ from the verified files in resources/downloads/<id>/ (or written by
+    the entry's builder); its path."""
     entry = dataset(dataset_id)
     downloads, data_dir = Path(downloads), Path(data_dir)
+    if entry.built_by:
+        if entry.built_by not in BUILDERS:
+            raise VcorrError(f"config/datasets.yaml: {dataset_id}: built_by '{entry.built_by}' is not one of "
+                             f"{', '.join(BUILDERS)}")
+        BUILDERS[entry.built_by](data_dir / entry.id, dict(entry.build))
+        return data_dir / entry.id
     if entry.derived_from:
         extract(entry.derived_from, downloads, data_dir, force)
         return _link_derived(entry, data_dir)

@@ -292,6 +292,10 @@ def fetch(dataset_id: str, downloads: Path, mirror: str | None = None, policy: R
     sets raise a VcorrError saying where to download the files and where to put them.
     """
     entry = dataset(dataset_id)
+    if entry.built_by:
+        print(f"{dataset_id} is built by `vcorr data extract {dataset_id}` ({entry.built_by}): nothing to download",
+              file=sys.stderr)
+        return []
     if entry.derived_from:
         print(f"{dataset_id} is derived from {entry.derived_from}: fetching {entry.derived_from}", file=sys.stderr)
         return fetch(entry.derived_from, downloads, mirror, policy)

@@ -9,7 +9,8 @@ dispatching on the `layout` of its config/benchmarks.yaml entry (the list files 
   first-appearance labels only, `meta.json`). The frames are those present in `JPEGImages`.
 - jhmdb: the folder holding `Rename_Images/<action>/<clip>/%05d.png` and
   `joint_positions/<action>/<clip>/joint_positions.mat`; the clips are those of the benchmark's
-  `split_list` (the seeds' `jhmdb_val_list.txt`). Sequences are named `<action>/<clip>`.
+  `video_list` inside the root when present, else of `split_list` (the seeds' `jhmdb_val_list.txt`).
+  Sequences are named `<action>/<clip>`.
 - vip: the `VIP_Fine` folder (`Images/<video>/*.jpg`, `Annotations/Category_ids/<video>/*.png`);
   the videos are those of `video_list` inside the root when present, else of `split_list`.
 """
@@ -29,7 +30,6 @@ from vcorr.data.readers import (
     davis_image_set,
     jhmdb_joints_file,
     jhmdb_split_clips,
-    preferred_list,
     read_names,
     require,
 )
@@ -85,13 +85,13 @@ def _jhmdb_sequences(root: Path, entry: Benchmark) -> list[_Sequence]:
     joints = require(root / "joint_positions", "JHMDB joint positions folder")
     return [
         _Sequence(clip, images / clip, ".png", clip_annotation=jhmdb_joints_file(root, clip))
-        for clip in jhmdb_split_clips(entry.split_list_path())
+        for clip in jhmdb_split_clips(entry.sequence_list(root))
     ]
 
 
 def _vip_sequences(root: Path, entry: Benchmark) -> list[_Sequence]:
     images = require(root / "Images", "VIP frames folder")
-    names = read_names(preferred_list(root, entry.video_list, entry.split_list))
+    names = read_names(entry.sequence_list(root))
     labels = root / "Annotations" / "Category_ids"
     return [_Sequence(name, images / name, ".jpg", _png_if_present(labels / name)) for name in names]
 

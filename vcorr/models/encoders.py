@@ -17,6 +17,9 @@ torchvision modules (never a rewritten ResNet), so the parameter names stay torc
 | crw_r18       | videowalk (CRW), reflect pad    | 1, 2, 1, (1)  | max       | layer3 | 256      | 8      |
 
 (A stride in brackets belongs to a removed stage; the stem convolution always has stride 2.)
+
+Baselines without a network (`PIXEL_ENCODERS`): `raw_rgb_s8` is the input itself, average-pooled
+over 8x8 blocks (3 channels, stride 8, no weights), so a table shows what any training adds.
 Where the seeds set a stage's stride to 1 they set every convolution of that stage to stride 1,
 1x1 downsample included, without dilation; for the first block of a torchvision stage that is the
 same as setting the strided 3x3 convolution and the downsample convolution to 1, which is what
@@ -171,13 +174,33 @@ def hvc_init(module: nn.Module) -> None:
             nn.init.zeros_(sub.bn3.weight)
 
 
-def build_encoder(arch: str) -> ResNetEncoder:
+class PooledPixels(nn.Module):
+    """The normalised input pixels averaged over `stride` x `stride` blocks: the raw-pixel baseline."""
+
+    removed_modules: tuple[str, ...] = TORCHVISION_MODULES  # no parameters: a checkpoint has nothing to give
+
+    def __init__(self, stride: int) -> None:
+        super().__init__()
+        self.stride = stride
+        self.out_channels = 3
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return nn.functional.avg_pool2d(images, self.stride)
+
+
+# Encoders without weights, by name: their output stride.
+PIXEL_ENCODERS: dict[str, int] = {"raw_rgb_s8": 8}
+
+
+def build_encoder(arch: str) -> ResNetEncoder | PooledPixels:
     """The encoder registered as `arch`, randomly initialised (seed the global RNG beforehand)."""
+    if arch in PIXEL_ENCODERS:
+        return PooledPixels(PIXEL_ENCODERS[arch])
     try:
         spec = ENCODERS[arch]
     except KeyError:
         raise VcorrError(
-            f"unknown encoder {arch!r}; known encoders: {', '.join(sorted(ENCODERS))}"
+            f"unknown encoder {arch!r}; known encoders: {', '.join(sorted([*ENCODERS, *PIXEL_ENCODERS]))}"
         ) from None
     network = tv_resnet.resnet18(weights=None) if spec.depth == 18 else tv_resnet.resnet50(weights=None)
     for stage, stride in zip(STAGES, spec.stage_strides):

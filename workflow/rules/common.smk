@@ -5,6 +5,8 @@
 # that config propagation.set is checked by the same code as the jobs' --set. The jobs find the
 # same registry folder via VCORR_CONFIG_DIR.
 
+import functools
+import hashlib
 import json
 import os
 import re
@@ -23,12 +25,15 @@ REPOSITORY = Path(workflow.basedir).parent
 REGISTRY_DIR = (REPOSITORY / (config["registries"] or "config")).resolve()
 
 
-def read_registry(name):
+def read_registry(name, optional=False):
     """A registry, checked against workflow/schemas/<name>.schema.yaml: a typo fails the DAG
-    (and so `snakemake -n`) with the file and the key, not a job later."""
+    (and so `snakemake -n`) with the file and the key, not a job later. An optional one that is
+    absent reads as empty."""
     import jsonschema
 
     path = REGISTRY_DIR / f"{name}.yaml"
+    if optional and not path.is_file():
+        return {}
     if not path.is_file():
         raise WorkflowError(f"{path}: registry missing (config key `registries`: {config['registries']})")
     # libyaml's loader when present: the registries are read on every invocation (~5x faster).
@@ -48,6 +53,9 @@ def read_registry(name):
 DATASETS = read_registry("datasets")
 BENCHMARKS = read_registry("benchmarks")
 METHODS = read_registry("methods")
+# Models the workflow trains (rules/train.smk); a registry folder without models.yaml trains none.
+MODELS = read_registry("models", optional=True)
+MODEL_FILE = "results/models/{model}.pth"
 
 
 def check_references():
@@ -61,6 +69,37 @@ def check_references():
             weights_id = (encoder.get("weights") or {}).get("id")
             if weights_id is not None and weights_id not in DATASETS:
                 raise WorkflowError(f"{REGISTRY_DIR / 'methods.yaml'}: {name}.encoders.{index}.weights.id: '{weights_id}' is not in datasets.yaml")
+            path = (encoder.get("weights") or {}).get("path")
+            trained = re.fullmatch(re.escape(MODEL_FILE).replace(re.escape("{model}"), "(.+)"), path or "")
+            if trained and trained[1] not in MODELS:
+                raise WorkflowError(f"{REGISTRY_DIR / 'methods.yaml'}: {name}.encoders.{index}.weights.path: "
+                                    f"'{trained[1]}' is not a model of models.yaml")
+    where = REGISTRY_DIR / "models.yaml"
+    for name, entry in MODELS.items():
+        dataset_id, split = entry["data"]["dataset"], entry["data"]["split"]
+        if dataset_id not in DATASETS:
+            raise WorkflowError(f"{where}: {name}.data.dataset: '{dataset_id}' is not in datasets.yaml")
+        splits = list(DATASETS[dataset_id].get("index") or {})
+        if splits != [split]:
+            raise WorkflowError(f"{where}: {name}.data.split: '{split}': resources/index/{dataset_id}.csv indexes "
+                                f"{', '.join(splits) or 'nothing'} (vcorr train reads every row: one split, that one)")
+        if not Path(REPOSITORY, entry["config"]).is_file():
+            raise WorkflowError(f"{where}: {name}.config: {REPOSITORY / entry['config']} does not exist")
+        for key, source in (entry.get("weights") or {}).items():
+            if source.get("model") not in (None, *MODELS) or source.get("model") == name:
+                raise WorkflowError(f"{where}: {name}.weights.{key}.model: '{source['model']}' is not another model of models.yaml")
+            if "id" in source and source["id"] not in DATASETS:
+                raise WorkflowError(f"{where}: {name}.weights.{key}.id: '{source['id']}' is not in datasets.yaml")
+
+    def follow(chain):
+        for source in (MODELS[chain[-1]].get("weights") or {}).values():
+            if "model" in source:
+                if source["model"] in chain:
+                    raise WorkflowError(f"{where}: {chain[0]} starts from itself ({' -> '.join(chain + [source['model']])})")
+                follow(chain + [source["model"]])
+
+    for name in MODELS:
+        follow([name])
 
 
 check_references()
@@ -94,9 +133,12 @@ def check_parameter_overrides():
             except VcorrError as error:
                 raise WorkflowError(f"{error} [method {name}, protocol {method['protocol']}]")
 
-# Datasets with archives of their own (a derived set such as davis16 reuses another's folder).
+# Datasets with a folder of their own: unpacked from their archives, or written by their builder
+# (`built_by`, no download); a derived set such as davis16 reuses another's folder.
 DOWNLOADED_DATASETS = [
-    name for name, entry in DATASETS.items() if entry.get("kind") == "dataset" and entry.get("files")
+    name
+    for name, entry in DATASETS.items()
+    if entry.get("kind") == "dataset" and (entry.get("files") or entry.get("built_by"))
 ]
 
 
@@ -115,6 +157,7 @@ CROSSCHECKED = [name for name in benchmarks_scored_by("davis") if BENCHMARKS[nam
 wildcard_constraints:
     benchmark=one_of(BENCHMARKS),
     method=one_of(METHODS),
+    model=one_of(MODELS) or "(?!)",
     dataset=one_of(DOWNLOADED_DATASETS),
     part=r"all|shard-\d+-of-\d+",
 
@@ -202,6 +245,8 @@ def all_targets():
             for benchmark, method in requested_pairs()
             if benchmark in CROSSCHECKED
         ]
+    if config["report"]["page"]:
+        targets.append("results/report.html")
     return targets
 
 
@@ -254,14 +299,128 @@ def method_weights(method):
 
 
 def weights_in_use():
-    """{weights id: [files]} of the registry downloads every method of the registry reads."""
+    """{weights id: [files]} of the registry downloads every method and every trained model of
+    the registries reads."""
+    sources = [encoder.get("weights") or {} for method in METHODS.values() for encoder in method["encoders"]]
+    sources += [source for model in MODELS.values() for source in (model.get("weights") or {}).values()]
     files = {}
-    for method in METHODS.values():
-        for encoder in method["encoders"]:
-            weights = encoder.get("weights") or {}
-            if "id" in weights:
-                files.setdefault(weights["id"], set()).add(weights["file"])
+    for weights in sources:
+        if "id" in weights:
+            files.setdefault(weights["id"], set()).add(weights["file"])
     return {weights_id: sorted(names) for weights_id, names in files.items()}
+
+
+# --- training --------------------------------------------------------------------------------
+
+
+def model_source_file(source):
+    """A checkpoint a model starts from: another model's export, or a registry download."""
+    return MODEL_FILE.format(model=source["model"]) if "model" in source else weights_file(source)
+
+
+def model_dataset(model):
+    return MODELS[model]["data"]["dataset"]
+
+
+def training_inputs(wildcards):
+    """The index and images, the config file and every checkpoint the model starts from (so a
+    retrained stage one reruns stage two)."""
+    model = MODELS[wildcards.model]
+    dataset = model_dataset(wildcards.model)
+    inputs = {
+        "data": f"resources/data/{dataset}",
+        "index": f"resources/index/{dataset}.csv",
+        "config": str(REPOSITORY / model["config"]),
+    }
+    inputs.update({key: model_source_file(source) for key, source in (model.get("weights") or {}).items()})
+    return inputs
+
+
+def training_overrides(model_name):
+    """{key: value} given as `--set`: the checkpoints the model starts from, its registry `set`,
+    then config training.set (the run's own overrides win)."""
+    model = MODELS[model_name]
+    overrides = {key: model_source_file(source) for key, source in (model.get("weights") or {}).items()}
+    overrides.update(model.get("set") or {})
+    overrides.update(config["training"]["set"])
+    return overrides
+
+
+@functools.cache
+def training_settings(model_name):
+    """The resolved training config as the DAG knows it (the config file's keys with every
+    override, the data, and the settings of each model it starts from): canonical JSON.
+
+    A params: value, so that changing a hyper-parameter anywhere reruns this training and what
+    uses it; its digest names the work dir, so such a change starts a fresh training instead of
+    resuming a checkpoint of other settings, while a resubmitted job resumes its own."""
+    model = MODELS[model_name]
+    path = REPOSITORY / model["config"]
+    try:
+        file_settings = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise WorkflowError(f"{path}: invalid YAML ({error})")
+    upstream = {
+        key: json.loads(training_settings(source["model"])) if "model" in source else source
+        for key, source in (model.get("weights") or {}).items()
+    }
+    settings = {
+        "method": model["method"],
+        "config": {**file_settings, **training_overrides(model_name)},
+        "data": model["data"],
+        "starts_from": upstream,
+    }
+    return json.dumps(settings, sort_keys=True)
+
+
+def training_workdir(wildcards):
+    """results/train/<model>/<settings digest>/: checkpoints and metrics, not a rule output, so
+    a failed or preempted job keeps them and its rerun resumes."""
+    digest = hashlib.sha256(training_settings(wildcards.model).encode()).hexdigest()[:12]
+    return f"results/train/{wildcards.model}/{digest}"
+
+
+def training_arguments(wildcards):
+    return set_arguments(training_overrides(wildcards.model))
+
+
+TORCHRUN = "python3 -m torch.distributed.run"
+
+
+def gpus_per_node(resources):
+    """The GPUs of one node: `gres` gpu[:type]:N on several nodes, else `gpu`."""
+    gres = str(resources.get("gres", "") or "")
+    if gres.startswith("gpu"):
+        count = gres.rsplit(":", 1)[-1]
+        return int(count) if count.isdigit() else 1
+    return int(resources.get("gpu", 0) or 0)
+
+
+def training_launcher(wildcards, resources):
+    """How `vcorr train` starts, from the job's resources: on one node torchrun with one process
+    per GPU (`--nproc-per-node` = gpu); on several (`nodes`) one torchrun per node through srun,
+    meeting at the first node (c10d rendezvous); without a GPU a single process."""
+    nodes, gpus = int(resources.get("nodes", 1) or 1), gpus_per_node(resources)
+    if nodes > 1:
+        first_node = '$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)'
+        return (f"srun --ntasks-per-node=1 {TORCHRUN} --nnodes=\"$SLURM_NNODES\" --nproc-per-node={max(gpus, 1)}"
+                f" --rdzv-backend=c10d --rdzv-id=\"$SLURM_JOB_ID\" --rdzv-endpoint=\"{first_node}:29500\" --no-python")
+    if gpus >= 1:
+        return f"{TORCHRUN} --standalone --nproc-per-node={gpus} --no-python"
+    return ""
+
+
+def training_resources():
+    """config resources.train as the job's request. Several nodes: the Slurm plugin's keys for
+    one task per node (`mpi`, `tasks`, the GPUs per node as `gres`); never a task per GPU
+    (`tasks_per_gpu: 0`: torchrun starts the GPU processes)."""
+    request = dict(config["resources"]["train"])
+    nodes = request.pop("nodes", 1)
+    request["tasks_per_gpu"] = 0
+    if nodes > 1:
+        gpus = request.pop("gpu")
+        request.update(nodes=nodes, mpi="srun", tasks=nodes, gres=f"gpu:{gpus}")
+    return request
 
 
 # --- propagation -----------------------------------------------------------------------------
@@ -286,12 +445,14 @@ def shard_argument(wildcards):
     return f"--shard {match[1]}/{match[2]}" if match else ""
 
 
+def set_arguments(overrides):
+    """`--set KEY=VALUE` arguments (values as JSON, which vcorr reads as YAML), sorted by key."""
+    return " ".join(f"--set {shlex.quote(f'{key}={json.dumps(value)}')}" for key, value in sorted(overrides.items()))
+
+
 def parameter_overrides(benchmark):
-    """`--set KEY=VALUE` arguments from config propagation.set.<benchmark> (values as JSON)."""
-    overrides = config["propagation"]["set"].get(benchmark, {})
-    return " ".join(
-        f"--set {shlex.quote(f'{key}={json.dumps(value)}')}" for key, value in sorted(overrides.items())
-    )
+    """`--set KEY=VALUE` arguments from config propagation.set.<benchmark>."""
+    return set_arguments(config["propagation"]["set"].get(benchmark, {}))
 
 
 def propagation_settings(wildcards):
@@ -342,9 +503,12 @@ def benchmarks_scored_locally():
 
 
 def scorer_lists(wildcards):
-    """The list shipped in the registry folder that a scorer reads (JHMDB's split), as an input."""
+    """The list shipped in the registry folder that a scorer reads (JHMDB's split), as an input.
+    A benchmark whose list lives in its data (video_list) needs none: the scorer finds it there."""
     entry = BENCHMARKS[wildcards.benchmark]
-    return {"split": str(REGISTRY_DIR / entry["split_list"])} if entry["scorer"] == "jhmdb" else {}
+    if entry["scorer"] != "jhmdb" or "video_list" in entry:
+        return {}
+    return {"split": str(REGISTRY_DIR / entry["split_list"])}
 
 
 def scorer_arguments(wildcards, input, threads):
@@ -354,7 +518,7 @@ def scorer_arguments(wildcards, input, threads):
     scorer = BENCHMARKS[wildcards.benchmark]["scorer"]
     if scorer == "davis":
         return f"--jobs {threads} --csv-dir results/scores/{wildcards.benchmark}/{wildcards.method}.official"
-    if scorer == "jhmdb":
+    if scorer == "jhmdb" and "split" in input.keys():
         return f"--split {input.split}"
     return ""
 

@@ -31,6 +31,9 @@ rule extract:
         lambda wildcards: download_files(wildcards.dataset),
     output:
         directory("resources/data/{dataset}"),
+    params:
+        # A built set's settings (datasets.yaml `build`): changing one rebuilds it.
+        build=lambda wildcards: json.dumps(DATASETS[wildcards.dataset].get("build", {}), sort_keys=True),
     log:
         "logs/extract/{dataset}.log",
     benchmark:

@@ -45,3 +45,122 @@ rule summary:
         "../../envs/vcorr.yaml"
     shell:
         "vcorr report summary {input} --out {output} > {log} 2>&1"
+
+
+# --- the report page (config report.page): tables, score chart, training curves, overlays ----
+
+from types import SimpleNamespace
+
+
+def trained_models_read():
+    """Models of models.yaml that a requested method reads, and the models they start from
+    (stage one before stage two): their training curves go on the page."""
+    pattern = re.escape(MODEL_FILE).replace(re.escape("{model}"), "(.+)")
+    models = []
+
+    def add(model):
+        for source in (MODELS[model].get("weights") or {}).values():
+            if "model" in source:
+                add(source["model"])
+        if model not in models:
+            models.append(model)
+
+    for method in sorted({method for _, method in requested_pairs()}):
+        for encoder in METHODS[method]["encoders"]:
+            trained = re.fullmatch(pattern, (encoder.get("weights") or {}).get("path") or "")
+            if trained:
+                add(trained[1])
+    return models
+
+
+def overlay_files():
+    """One strip per config report.overlays entry, checked against the requested pairs."""
+    files = []
+    for index, entry in enumerate(config["report"]["overlays"]):
+        benchmark, method = entry["benchmark"], entry["method"]
+        if (benchmark, method) not in requested_pairs():
+            raise WorkflowError(f"config report.overlays.{index}: ({method}, {benchmark}) is not a requested pair")
+        if BENCHMARKS[benchmark]["task"] not in ("vos", "vip"):
+            raise WorkflowError(f"config report.overlays.{index}: {benchmark} has no label maps to overlay")
+        files.append(f"results/report/overlays/{benchmark}/{method}/{entry['sequence']}.png")
+    return files
+
+
+rule score_chart:
+    input:
+        "results/summary.csv",
+    output:
+        "results/report/scores.png",
+    log:
+        "logs/report/scores.log",
+    localrule: True
+    conda:
+        "../../envs/vcorr.yaml"
+    shell:
+        "vcorr report figures scores {input} --out {output} > {log} 2>&1"
+
+
+rule loss_curves:
+    input:
+        [MODEL_FILE.format(model=model) for model in trained_models_read()],
+    output:
+        "results/report/losses.png",
+    params:
+        # metrics.csv lives in the work dir (not an output); the exported model is written after it.
+        stages=lambda wildcards: " ".join(
+            f"{model}={training_workdir(SimpleNamespace(model=model))}/metrics.csv"
+            for model in trained_models_read()
+        ),
+    log:
+        "logs/report/losses.log",
+    localrule: True
+    conda:
+        "../../envs/vcorr.yaml"
+    shell:
+        "vcorr report figures losses {params.stages} --out {output} > {log} 2>&1"
+
+
+rule overlay:
+    input:
+        unpack(benchmark_data),
+        predictions="results/predictions/{benchmark}/{method}/all",
+    output:
+        "results/report/overlays/{benchmark}/{method}/{sequence}.png",
+    params:
+        root=lambda wildcards: data_root(wildcards.benchmark),
+    log:
+        "logs/report/overlays/{benchmark}/{method}/{sequence}.log",
+    localrule: True
+    conda:
+        "../../envs/vcorr.yaml"
+    shell:
+        "vcorr report figures overlay --benchmark {wildcards.benchmark} --root {params.root}"
+        " --sequence {wildcards.sequence} --pred {input.predictions}/{wildcards.sequence} --out {output} > {log} 2>&1"
+
+
+rule report_page:
+    input:
+        summary="results/summary.csv",
+        scores="results/report/scores.png",
+        losses=["results/report/losses.png"] if trained_models_read() else [],
+        overlays=overlay_files(),
+    output:
+        report("results/report.html", caption="../report/page.rst", category="Summary"),
+    params:
+        images=lambda wildcards, input: " ".join(
+            "--images " + shlex.quote(f"{heading}={','.join(files)}")
+            for heading, files in (
+                ("Headline scores", [input.scores]),
+                ("Training curves", list(input.losses)),
+                ("Ground truth (top row) and prediction (bottom row)", list(input.overlays)),
+            )
+            if files
+        ),
+    log:
+        "logs/report/page.log",
+    localrule: True
+    conda:
+        "../../envs/vcorr.yaml"
+    shell:
+        "vcorr report page --table Summary={input.summary} {params.images} --title 'vcorr report'"
+        " --out {output} > {log} 2>&1"

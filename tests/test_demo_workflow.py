@@ -1,0 +1,150 @@
+"""The offline demo (config/demo/config.yaml): the DAG it plans, and (slow) a run in a fresh copy
+of the checkout: every result, the summary with a trained model and both baselines, nothing to do
+on a rerun, targeted reruns after a change, and the report page in headless chromium.
+
+The run covers three of the ten demo methods (both baselines and the Spa-then-Temp chain, stage
+one included) so that it stays a few minutes of the suite; the full demo is the README's command.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from tests.test_report_figures import chromium_binary, headless
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+DEMO_CONFIG = "config/demo/config.yaml"
+BENCHMARKS = ("demo_davis", "demo_jhmdb", "demo_vip")
+BASELINES = ("demo_random_crw", "demo_random_stt", "demo_pixels_crw", "demo_pixels_stt")
+# The slow test's subset: a baseline of each kind, each protocol, and stage one -> stage two.
+RUN_METHODS = ("demo_pixels_crw", "demo_random_stt", "demo_stt_stt")
+RUN_CONFIG = f"""
+evaluate: {{methods: [{', '.join(RUN_METHODS)}]}}
+report: {{overlays: [{{benchmark: demo_davis, method: demo_stt_stt, sequence: coffee-2}}]}}
+"""
+
+
+def demo_methods() -> list[str]:
+    methods = yaml.safe_load((REPOSITORY / "config" / "methods.yaml").read_text())
+    return [name for name, entry in methods.items() if set(entry["benchmarks"]) == set(BENCHMARKS)]
+
+
+def fresh_checkout(destination: Path) -> Path:
+    """The checkout's tracked and unignored files, as a clone has them (no results, no resources)."""
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPOSITORY,
+                            capture_output=True, check=True).stdout.split(b"\0")
+    destination.mkdir()
+    for name in filter(None, (item.decode() for item in listed)):
+        source = REPOSITORY / name
+        if source.is_file():
+            target = destination / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+    return destination
+
+
+def snakemake(checkout: Path, *arguments: str, configs: tuple[str, ...] = (), timeout: int = 1500) -> str:
+    command = [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", DEMO_CONFIG, *configs, *arguments]
+    environment = {key: value for key, value in os.environ.items() if key != "VCORR_CONFIG_DIR"}
+    done = subprocess.run(command, cwd=checkout, capture_output=True, text=True, timeout=timeout, env=environment)
+    assert done.returncode == 0, f"{' '.join(command)} failed:\n{done.stdout[-4000:]}\n{done.stderr[-6000:]}"
+    return done.stdout + done.stderr
+
+
+def planned(output: str) -> dict[str, list[str]]:
+    """{rule: [output of each planned job]} from a dry run's job listing."""
+    jobs: dict[str, list[str]] = {}
+    for block in re.findall(r"^(?:local)?rule (\w+):\n((?:    .*\n)+)", output, flags=re.M):
+        rule, body = block
+        found = re.search(r"^    output: (.*)$", body, flags=re.M)
+        jobs.setdefault(rule, []).append(found[1] if found else "")
+    return jobs
+
+
+def test_demo_dry_run_plans_every_stage(tmp_path):
+    checkout = fresh_checkout(tmp_path / "clone")
+    jobs = planned(snakemake(checkout, "-n"))
+    methods = demo_methods()
+    assert set(BASELINES) < set(methods) and len(methods) == 10
+    assert sorted(jobs["extract"]) == [f"resources/data/{name}" for name in ("demo", "demo_clips", "demo_images")]
+    assert sorted(jobs["train"]) == [f"results/models/{name}.pth" for name in ("demo_hvc", "demo_moco", "demo_stt")]
+    pairs = {f"results/{benchmark}/{method}.json" for benchmark in BENCHMARKS for method in methods}
+    assert set(jobs["result"]) == pairs
+    assert len(jobs["propagate"]) == len(jobs["score"]) == len(pairs)
+    for rule in ("summary", "score_chart", "loss_curves", "report_page"):
+        assert len(jobs[rule]) == 1, rule
+    assert len(jobs["overlay"]) == 3
+
+
+def rules_of(output: str) -> dict[str, int]:
+    return {rule: len(outputs) for rule, outputs in planned(output).items()}
+
+
+@pytest.mark.slow
+def test_demo_end_to_end_reruns_and_report(tmp_path):
+    checkout = fresh_checkout(tmp_path / "clone")
+    (checkout / "subset.yaml").write_text(RUN_CONFIG)
+    subset = ("subset.yaml",)
+    snakemake(checkout, configs=subset)
+    methods = list(RUN_METHODS)
+    for benchmark in BENCHMARKS:
+        for method in methods:
+            assert (checkout / "results" / benchmark / f"{method}.json").is_file(), (benchmark, method)
+    with open(checkout / "results" / "summary.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert {(row["benchmark"], row["method"]) for row in rows} == {(b, m) for b in BENCHMARKS for m in methods}
+    headlines = {"demo_davis": "J&F-Mean", "demo_jhmdb": "PCK@0.1", "demo_vip": "mIoU"}
+    for row in rows:
+        assert row["status"] == "scored" and 0.0 <= float(row[headlines[row["benchmark"]]]) <= 100.0, row  # J&F a fraction, PCK and mIoU in %
+    # Different encoders give different predictions: a table of equal scores would mean one model everywhere.
+    for benchmark, headline in headlines.items():
+        assert len({row[headline] for row in rows if row["benchmark"] == benchmark}) == len(methods), benchmark
+
+    assert "Nothing to be done" in snakemake(checkout, "-n", configs=subset)
+
+    # One propagation parameter of one benchmark: that benchmark's propagation and scoring only.
+    overlay = checkout / "overlay.yaml"
+    overlay.write_text("propagation: {set: {demo_vip: {topk: 5}}}\n")
+    listing = snakemake(checkout, "-n", configs=(*subset, str(overlay)))
+    jobs = planned(listing)
+    assert sorted(jobs["propagate"]) == sorted(f"results/predictions/demo_vip/{m}/all" for m in methods)
+    assert sorted(jobs["score"]) == sorted(f"results/scores/demo_vip/{m}.json" for m in methods)
+    assert "train" not in jobs and "extract" not in jobs
+    (tmp_path / "propagation-change.txt").write_text(listing)
+
+    # A stage-one hyper-parameter: stage one, the stage two it teaches, and their evaluations.
+    models = checkout / "config" / "models.yaml"
+    models.write_text(models.read_text().replace("queue_size: 64, image_size: 64, dim: 32", "queue_size: 64, image_size: 64, dim: 16"))
+    listing = snakemake(checkout, "-n", configs=subset)
+    jobs = planned(listing)
+    assert sorted(jobs["train"]) == ["results/models/demo_moco.pth", "results/models/demo_stt.pth"]
+    retrained = {"demo_stt_stt"}
+    assert {Path(path).parent.name for path in jobs["propagate"]} == retrained
+    assert len(jobs["propagate"]) == 3 * len(retrained)
+    (tmp_path / "stage-one-change.txt").write_text(listing)
+
+    # The report page in a real browser: the table, the charts and the overlays are there.
+    page = checkout / "results" / "report.html"
+    chromium = chromium_binary()
+    dom = headless(chromium, tmp_path / "profile", "--dump-dom", page.as_uri()).stdout
+    images = 1 + 1 + 1  # score chart, loss curves, one overlay
+    assert re.search(r"<body[^>]*>", dom).group(0) == f'<body data-images-loaded="{images}/{images}">'
+    assert dom.count("<table") == 1 and all(f"<td>{method}</td>" in dom for method in methods)
+    screenshot = tmp_path / "report.png"
+    headless(chromium, tmp_path / "profile", f"--screenshot={screenshot}", "--window-size=1280,4000", page.as_uri())
+    from PIL import Image
+
+    shot = np.array(Image.open(screenshot).convert("RGB"))
+    assert (shot == (31, 119, 180)).all(axis=-1).sum() > 500, "the score chart is not visible"
+    if os.environ.get("VCORR_KEEP_SCREENSHOT"):
+        shutil.copy(screenshot, os.environ["VCORR_KEEP_SCREENSHOT"])
