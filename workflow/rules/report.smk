@@ -49,43 +49,6 @@ rule summary:
 
 # --- the report page (config report.page): tables, score chart, training curves, overlays ----
 
-from types import SimpleNamespace
-
-
-def trained_models_read():
-    """Models of models.yaml that a requested method reads, and the models they start from
-    (stage one before stage two): their training curves go on the page."""
-    pattern = re.escape(MODEL_FILE).replace(re.escape("{model}"), "(.+)")
-    models = []
-
-    def add(model):
-        for source in (MODELS[model].get("weights") or {}).values():
-            if "model" in source:
-                add(source["model"])
-        if model not in models:
-            models.append(model)
-
-    for method in sorted({method for _, method in requested_pairs()}):
-        for encoder in METHODS[method]["encoders"]:
-            trained = re.fullmatch(pattern, (encoder.get("weights") or {}).get("path") or "")
-            if trained:
-                add(trained[1])
-    return models
-
-
-def overlay_files():
-    """One strip per config report.overlays entry, checked against the requested pairs."""
-    files = []
-    for index, entry in enumerate(config["report"]["overlays"]):
-        benchmark, method = entry["benchmark"], entry["method"]
-        if (benchmark, method) not in requested_pairs():
-            raise WorkflowError(f"config report.overlays.{index}: ({method}, {benchmark}) is not a requested pair")
-        if BENCHMARKS[benchmark]["task"] not in ("vos", "vip"):
-            raise WorkflowError(f"config report.overlays.{index}: {benchmark} has no label maps to overlay")
-        files.append(f"results/report/overlays/{benchmark}/{method}/{entry['sequence']}.png")
-    return files
-
-
 rule score_chart:
     input:
         "results/summary.csv",
@@ -148,7 +111,7 @@ rule report_page:
         report("results/report.html", caption="../report/page.rst", category="Summary"),
     params:
         images=lambda wildcards, input: " ".join(
-            "--images " + shlex.quote(f"{heading}={','.join(files)}")
+            f"--images {shlex.quote('='.join((heading, ','.join(files))))}"
             for heading, files in (
                 ("Headline scores", [input.scores]),
                 ("Training curves", list(input.losses)),
