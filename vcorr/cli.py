@@ -20,7 +20,7 @@ import vcorr.commands
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vcorr",
-        description="Self-supervised video correspondence: data, label propagation, scoring.",
+        description="Self-supervised video correspondence: data, training, label propagation, scoring.",
     )
     parser.add_argument("--version", action="version", version=f"vcorr {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="<command>", required=True)
