@@ -176,12 +176,12 @@ def error_line(output: str, start: str) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize("target", ["results/davis17/hvc.json", "results/scores/davis17/hvc.json",
-                                    "results/predictions/davis17/hvc/all"])
+@pytest.mark.parametrize("target", ["results/davis17/hcv.json", "results/scores/davis17/hcv.json",
+                                    "results/predictions/davis17/hcv/all"])
 def test_a_target_with_an_unknown_method_lists_the_methods(tmp_path, target):
     done = snakemake("-n", target, "--configfile", str(REPO / "config/config.yaml"), cwd=tmp_path)
     assert done.returncode != 0
-    line = error_line(done.stdout, f"{target}: unknown method 'hvc'")
+    line = error_line(done.stdout, f"{target}: unknown method 'hcv'")
     assert line.endswith(f"(methods of {REPO / 'config' / 'methods.yaml'}: {', '.join(registry('methods'))})"), line
 
 
@@ -202,20 +202,20 @@ def test_a_pair_without_settings_names_the_benchmarks_the_method_supports(tmp_pa
 
 
 def test_the_message_follows_the_registry(tmp_path):
-    """A method added to methods.yaml (as `hvc` will be) is planned, and listed when another is unknown."""
+    """A method added to methods.yaml is planned, and listed when another is unknown."""
     folder = registry_copy(tmp_path / "registries")
     methods = registry("methods", folder)
-    methods["hvc"] = {**methods["random_r18"], "benchmarks": {"davis17": methods["random_r18"]["benchmarks"]["davis17"]}}
+    methods["hvc2"] = {**methods["random_r18"], "benchmarks": {"davis17": methods["random_r18"]["benchmarks"]["davis17"]}}
     (folder / "methods.yaml").write_text(yaml.safe_dump(methods, sort_keys=False))
     overlay = tmp_path / "overlay.yaml"
     overlay.write_text(yaml.safe_dump({"registries": str(folder)}))
     args = ("--configfile", str(REPO / "config/config.yaml"), str(overlay))
-    assert snakemake("-n", "results/davis17/hvc.json", *args, cwd=tmp_path).returncode == 0
-    done = snakemake("-n", "results/davis17/hvcc.json", *args, cwd=tmp_path)
+    assert snakemake("-n", "results/davis17/hvc2.json", *args, cwd=tmp_path).returncode == 0
+    done = snakemake("-n", "results/davis17/hvc2c.json", *args, cwd=tmp_path)
     assert done.returncode != 0
-    assert error_line(done.stdout, "results/davis17/hvcc.json: unknown method").endswith(f"{', '.join(methods)})")
-    done = snakemake("-n", "results/vip/hvc.json", *args, cwd=tmp_path)
-    error_line(done.stdout, "results/vip/hvc: method 'hvc' has no settings for benchmark 'vip'")
+    assert error_line(done.stdout, "results/davis17/hvc2c.json: unknown method").endswith(f"{', '.join(methods)})")
+    done = snakemake("-n", "results/vip/hvc2.json", *args, cwd=tmp_path)
+    error_line(done.stdout, "results/vip/hvc2: method 'hvc2' has no settings for benchmark 'vip'")
 
 
 # --- point 6: refusals before anything is written; progress; help -------------------------------
