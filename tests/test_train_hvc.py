@@ -21,18 +21,11 @@ from vcorr.models.encoders import build_encoder
 from vcorr.train import hvc
 from vcorr.train.config import load_config
 from vcorr.train.hvc import HVC, Config, FlowHead, hybrid_loss, momentum_at, positive_pairs
+from train_fixtures import one_thread  # noqa: F401 (autouse: one intra-op thread)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TOLERANCE = {"rtol": 1e-5, "atol": 1e-5}
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: these small convolutions gain nothing from more on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -21,17 +21,10 @@ from vcorr.models import build_encoder
 from vcorr.models.weights import load_weights
 from vcorr.train import moco
 from vcorr.train.config import load_config
+from train_fixtures import one_thread  # noqa: F401 (autouse: one intra-op thread)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: runs are reproducible and do not crowd a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_moco(**overrides) -> moco.MoCo:

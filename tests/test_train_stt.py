@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from train_fixtures import REPO_ROOT, run_torchrun, train_command
+from train_fixtures import REPO_ROOT, one_thread, run_torchrun, train_command  # noqa: F401 (autouse)
 from vcorr.data.index import INDEX_COLUMNS
 from vcorr.errors import VcorrError
 from vcorr.models import build_encoder
@@ -29,14 +29,6 @@ from vcorr.train.config import load_config
 
 FIXTURES = REPO_ROOT.parent / "shared" / "testdata" / "train"
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is faster, and spinning thread pools crowd a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # ---------------------------------------------------------------------------------------------

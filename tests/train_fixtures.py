@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 from PIL import Image
 
@@ -110,3 +111,13 @@ def assert_identical(first, second) -> None:
     assert a, "no tensors compared"
     different = [key for key in a if a[key].dtype != b[key].dtype or not torch.equal(a[key], b[key])]
     assert not different, f"{len(different)} of {len(a)} tensors differ, e.g. {different[:5]}"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: tiny tensors gain nothing from more, runs are reproducible, and
+    spinning thread pools crowd a shared machine. Autouse where a test module imports it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

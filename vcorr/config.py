@@ -28,14 +28,19 @@ def config_dir() -> Path:
     )
 
 
-@lru_cache(maxsize=None)
-def _load_yaml(path: Path) -> dict:
+def read_yaml(path: Path, what: str):
+    """A YAML file's content; a missing file or bad YAML is an error naming the file."""
     try:
-        data = yaml.safe_load(path.read_text())
+        return yaml.safe_load(Path(path).read_text())
     except FileNotFoundError:
-        raise VcorrError(f"{path}: registry file missing") from None
+        raise VcorrError(f"{path}: {what} missing") from None
     except yaml.YAMLError as error:
         raise VcorrError(f"{path}: invalid YAML ({error})") from None
+
+
+@lru_cache(maxsize=None)
+def _load_yaml(path: Path) -> dict:
+    data = read_yaml(path, "registry file")
     if not isinstance(data, dict):
         raise VcorrError(f"{path}: expected a mapping of names to entries")
     return data

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-import yaml
 
+from vcorr.config import read_yaml
 from vcorr.errors import VcorrError
 from vcorr.evaluation.methods import parse_overrides
 
@@ -132,12 +132,7 @@ def load_config(method: str, file: str | Path, overrides: list[str] | None = Non
     from vcorr.train import method_module
 
     path = Path(file)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise VcorrError(f"{path}: training config missing") from None
-    except yaml.YAMLError as error:
-        raise VcorrError(f"{path}: invalid YAML ({error})") from None
+    data = read_yaml(path, "training config")
     if data is None:
         data = {}
     if not isinstance(data, dict):
