@@ -359,13 +359,20 @@ def test_dropped_connection_resumes_with_range(tmp_path, server):
     assert len(server.requests) == 3
 
 
-def test_download_gives_up_after_bounded_retries_and_keeps_the_part(tmp_path, server, capsys):
+def fetch_through_dropping_server(server, tmp_path: Path) -> tuple[Path, bytes, str]:
+    """crw's checkpoint from a server that drops every transfer half-way: the fetch gives up
+    (exit 2). Returns the downloads folder, the file's content and its URL path on the server."""
     body = b"x" * 10_000
     serve(server, "crw", {"pretrained.pth": body})
     path = urlsplit(load_registry("datasets")["crw"]["files"][0]["url"]).path
     server.modes[path], server.drops_left[path] = "drop", 100
     downloads = tmp_path / "downloads"
     assert cli("fetch", "crw", "--dest", downloads, "--mirror", server.mirror, *FAST) == 2
+    return downloads, body, path
+
+
+def test_download_gives_up_after_bounded_retries_and_keeps_the_part(tmp_path, server, capsys):
+    downloads, body, path = fetch_through_dropping_server(server, tmp_path)
     assert "failed after 4 attempts" in capsys.readouterr().err and len(server.requests) == 4
     assert not (downloads / "crw" / "pretrained.pth").exists()
     server.drops_left[path] = 0  # the next run resumes from the kept part

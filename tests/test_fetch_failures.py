@@ -14,13 +14,13 @@ import socket
 import tarfile
 import time
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
-from test_data_pipeline import FAST, cli, jpeg_bytes, server, serve, tar_bytes, zip_bytes  # noqa: F401 (fixture)
+from test_data_pipeline import (  # noqa: F401 (server: a fixture)
+    FAST, cli, fetch_through_dropping_server, jpeg_bytes, server, serve, tar_bytes, zip_bytes,
+)
 
 import vcorr.data.fetch
-from vcorr.config import load_registry
 
 DAVIS_ZIP = Path("resources/downloads/davis17/DAVIS-2017-trainval-480p.zip")
 
@@ -78,12 +78,7 @@ def test_timeout_is_retried_and_no_part_is_claimed(offline, sleeps, capsys):
 
 
 def test_dropped_transfer_given_up_names_the_kept_part(tmp_path, server, capsys):
-    body = b"x" * 10_000
-    serve(server, "crw", {"pretrained.pth": body})
-    path = urlsplit(load_registry("datasets")["crw"]["files"][0]["url"]).path
-    server.modes[path], server.drops_left[path] = "drop", 100
-    downloads = tmp_path / "downloads"
-    assert cli("fetch", "crw", "--dest", downloads, "--mirror", server.mirror, *FAST) == 2
+    downloads, body, path = fetch_through_dropping_server(server, tmp_path)
     error = capsys.readouterr().err
     part = downloads / "crw" / "pretrained.pth.part"
     assert part.is_file() and f"{part} ({part.stat().st_size} bytes) is kept" in error
