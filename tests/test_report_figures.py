@@ -310,6 +310,19 @@ def test_report_page_holds_tables_and_embedded_images(report_inputs, tmp_path):
     assert base64.b64decode(sources[-1][1]) == (tmp_path / "figures" / "bear.gif").read_bytes()
 
 
+def test_images_of_one_name_in_different_folders_get_different_captions(report_inputs, tmp_path):
+    overlay = report_inputs["images"]["Mask overlays"][0]
+    group = []
+    for method in ("stt", "pixels"):
+        path = tmp_path / "overlays" / "davis" / method / "coffee.png"
+        path.parent.mkdir(parents=True)
+        path.write_bytes(overlay.read_bytes())
+        group.append(path)
+    out = tmp_path / "page.html"
+    write_report_page(out, images={"Overlays": group})
+    assert re.findall(r"<figcaption>(.*?)</figcaption>", out.read_text()) == ["stt/coffee.png", "pixels/coffee.png"]
+
+
 def test_report_page_refuses_missing_inputs_and_writes_nothing(report_inputs, tmp_path):
     out = tmp_path / "index.html"
     with pytest.raises(VcorrError, match=r"absent\.png: missing \(image for the report page\)"):

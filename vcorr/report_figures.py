@@ -467,7 +467,14 @@ def table_html(path: str | os.PathLike) -> str:
     return f'<table data-source="{html.escape(Path(path).name)}">\n<thead><tr>{header}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>'
 
 
-def _image_html(path: Path) -> str:
+def _captions(paths: Sequence[Path]) -> list[str]:
+    """Each image's path below the group's common folder, so that images of one name in
+    different folders (one sequence for two methods) are told apart."""
+    common = Path(os.path.commonpath([path.parent for path in paths])) if paths else Path()
+    return [path.relative_to(common).as_posix() if path.is_relative_to(common) else path.name for path in paths]
+
+
+def _image_html(path: Path, caption: str) -> str:
     mime = _MIME.get(path.suffix.lower())
     if mime is None:
         raise VcorrError(f"{path}: not an image the report page can embed ({', '.join(_MIME)})")
@@ -475,9 +482,9 @@ def _image_html(path: Path) -> str:
         data = base64.b64encode(path.read_bytes()).decode("ascii")
     except FileNotFoundError:
         raise VcorrError(f"{path}: missing (image for the report page)") from None
-    name = html.escape(path.name)
-    return (f'<figure><img src="data:{mime};base64,{data}" alt="{name}" data-source="{name}">'
-            f"<figcaption>{name}</figcaption></figure>")
+    name, caption = html.escape(path.name), html.escape(caption)
+    return (f'<figure><img src="data:{mime};base64,{data}" alt="{caption}" data-source="{name}">'
+            f"<figcaption>{caption}</figcaption></figure>")
 
 
 _STYLE = """
@@ -513,8 +520,8 @@ def write_report_page(
         raise VcorrError(f"{out_html}: nothing to put on the report page (no tables, no images)")
     sections = [f"<h2>{html.escape(heading)}</h2>\n{table_html(path)}" for heading, path in tables.items()]
     for heading, paths in images.items():
-        group = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
-        figures = "\n".join(_image_html(Path(path)) for path in group)
+        group = [Path(paths)] if isinstance(paths, (str, os.PathLike)) else [Path(path) for path in paths]
+        figures = "\n".join(_image_html(path, caption) for path, caption in zip(group, _captions(group)))
         sections.append(f'<h2>{html.escape(heading)}</h2>\n<div class="figures">\n{figures}\n</div>')
     page = (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{html.escape(title)}</title>\n'
             f"<style>{_STYLE}</style>\n<script>{_LOAD_CHECK}</script>\n</head>\n<body>\n"
