@@ -2,8 +2,9 @@
 of the checkout: every result, the summary with a trained model and both baselines, nothing to do
 on a rerun, targeted reruns after a change, and the report page in headless chromium.
 
-The run covers three of the ten demo methods (both baselines and the Spa-then-Temp chain, stage
-one included) so that it stays a few minutes of the suite; the full demo is the README's command.
+The run covers three of the five demo methods (both baselines and the Spa-then-Temp chain, stage
+one included), each under both protocols (the cross-protocol table), so that it stays a few
+minutes of the suite; the full demo is the README's command.
 """
 
 from __future__ import annotations
@@ -25,18 +26,28 @@ from tests.test_report_figures import chromium_binary, headless
 REPOSITORY = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = "config/demo/config.yaml"
 BENCHMARKS = ("demo_davis", "demo_jhmdb", "demo_vip")
-BASELINES = ("demo_random_crw", "demo_random_stt", "demo_pixels_crw", "demo_pixels_stt")
-# The slow test's subset: a baseline of each kind, each protocol, and stage one -> stage two.
-RUN_METHODS = ("demo_pixels_crw", "demo_random_stt", "demo_stt_stt")
+BASELINES = ("demo_random", "demo_pixels")
+PROTOCOLS = ("crw", "stt")
+# The slow test's subset: both baselines and stage one -> stage two, each under both protocols.
+RUN_METHODS = ("demo_pixels", "demo_random", "demo_stt")
 RUN_CONFIG = f"""
 evaluate: {{methods: [{', '.join(RUN_METHODS)}]}}
-report: {{overlays: [{{benchmark: demo_davis, method: demo_stt_stt, sequence: coffee-2}}]}}
+report: {{overlays: [{{benchmark: demo_davis, method: demo_stt, sequence: coffee-2}}]}}
 """
 
 
+def registry(name: str) -> dict:
+    return yaml.safe_load((REPOSITORY / "config" / f"{name}.yaml").read_text())
+
+
 def demo_methods() -> list[str]:
-    methods = yaml.safe_load((REPOSITORY / "config" / "methods.yaml").read_text())
-    return [name for name, entry in methods.items() if set(entry["benchmarks"]) == set(BENCHMARKS)]
+    return [name for name, entry in registry("methods").items() if set(entry["benchmarks"]) == set(BENCHMARKS)]
+
+
+def evaluated_names(methods) -> list[str]:
+    """Each method, and each under the protocol that is not its own (`<method>@<protocol>`)."""
+    own = {name: registry("methods")[name]["protocol"] for name in methods}
+    return [name for name in methods] + [f"{name}@{p}" for name in methods for p in PROTOCOLS if p != own[name]]
 
 
 def fresh_checkout(destination: Path) -> Path:
@@ -75,13 +86,13 @@ def test_demo_dry_run_plans_every_stage(tmp_path):
     checkout = fresh_checkout(tmp_path / "clone")
     jobs = planned(snakemake(checkout, "-n"))
     methods = demo_methods()
-    assert set(BASELINES) < set(methods) and len(methods) == 10
+    assert set(BASELINES) < set(methods) and len(methods) == 5
     assert sorted(jobs["extract"]) == [f"resources/data/{name}" for name in ("demo", "demo_clips", "demo_images")]
     assert sorted(jobs["train"]) == [f"results/models/{name}.pth" for name in ("demo_hvc", "demo_moco", "demo_stt")]
-    pairs = {f"results/{benchmark}/{method}.json" for benchmark in BENCHMARKS for method in methods}
-    assert set(jobs["result"]) == pairs
+    pairs = {f"results/{benchmark}/{method}.json" for benchmark in BENCHMARKS for method in evaluated_names(methods)}
+    assert set(jobs["result"]) == pairs and len(pairs) == 2 * 5 * 3
     assert len(jobs["propagate"]) == len(jobs["score"]) == len(pairs)
-    for rule in ("summary", "score_chart", "loss_curves", "report_page"):
+    for rule in ("summary", "cross_protocol", "score_chart", "loss_curves", "report_page"):
         assert len(jobs[rule]) == 1, rule
     assert len(jobs["overlay"]) == 3
 
@@ -98,7 +109,7 @@ def test_demo_end_to_end_reruns_and_report(tmp_path):
     snakemake(checkout, configs=subset)
     methods = list(RUN_METHODS)
     for benchmark in BENCHMARKS:
-        for method in methods:
+        for method in evaluated_names(methods):
             assert (checkout / "results" / benchmark / f"{method}.json").is_file(), (benchmark, method)
     with open(checkout / "results" / "summary.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
@@ -109,6 +120,15 @@ def test_demo_end_to_end_reruns_and_report(tmp_path):
     # Different encoders give different predictions: a table of equal scores would mean one model everywhere.
     for benchmark, headline in headlines.items():
         assert len({row[headline] for row in rows if row["benchmark"] == benchmark}) == len(methods), benchmark
+    with open(checkout / "results" / "cross_protocol.csv", newline="") as handle:
+        cells = list(csv.DictReader(handle))
+    assert [(c["benchmark"], c["method"], c["protocol"]) for c in cells] == [
+        (b, m, p) for b in BENCHMARKS for m in methods for p in PROTOCOLS]
+    assert all(cell["status"] == "scored" for cell in cells)
+    own = {(row["benchmark"], row["method"]): row for row in rows}
+    for cell in cells:
+        if cell["settings"] == "own":  # the method's own protocol: its summary row
+            assert cell[headlines[cell["benchmark"]]] == own[cell["benchmark"], cell["method"]][headlines[cell["benchmark"]]]
 
     assert "Nothing to be done" in snakemake(checkout, "-n", configs=subset)
 
@@ -117,8 +137,8 @@ def test_demo_end_to_end_reruns_and_report(tmp_path):
     overlay.write_text("propagation: {set: {demo_vip: {topk: 5}}}\n")
     listing = snakemake(checkout, "-n", configs=(*subset, str(overlay)))
     jobs = planned(listing)
-    assert sorted(jobs["propagate"]) == sorted(f"results/predictions/demo_vip/{m}/all" for m in methods)
-    assert sorted(jobs["score"]) == sorted(f"results/scores/demo_vip/{m}.json" for m in methods)
+    assert sorted(jobs["propagate"]) == sorted(f"results/predictions/demo_vip/{m}/all" for m in evaluated_names(methods))
+    assert sorted(jobs["score"]) == sorted(f"results/scores/demo_vip/{m}.json" for m in evaluated_names(methods))
     assert "train" not in jobs and "extract" not in jobs
     (tmp_path / "propagation-change.txt").write_text(listing)
 
@@ -128,7 +148,7 @@ def test_demo_end_to_end_reruns_and_report(tmp_path):
     listing = snakemake(checkout, "-n", configs=subset)
     jobs = planned(listing)
     assert sorted(jobs["train"]) == ["results/models/demo_moco.pth", "results/models/demo_stt.pth"]
-    retrained = {"demo_stt_stt"}
+    retrained = {"demo_stt", "demo_stt@crw"}
     assert {Path(path).parent.name for path in jobs["propagate"]} == retrained
     assert len(jobs["propagate"]) == 3 * len(retrained)
     (tmp_path / "stage-one-change.txt").write_text(listing)
@@ -139,7 +159,8 @@ def test_demo_end_to_end_reruns_and_report(tmp_path):
     dom = headless(chromium, tmp_path / "profile", "--dump-dom", page.as_uri()).stdout
     images = 1 + 1 + 1  # score chart, loss curves, one overlay
     assert re.search(r"<body[^>]*>", dom).group(0) == f'<body data-images-loaded="{images}/{images}">'
-    assert dom.count("<table") == 1 and all(f"<td>{method}</td>" in dom for method in methods)
+    assert dom.count("<table") == 2 and all(f"<td>{method}</td>" in dom for method in methods)
+    assert "results/demo_davis/demo_stt@crw.json" in dom  # the cross-protocol table
     screenshot = tmp_path / "report.png"
     headless(chromium, tmp_path / "profile", f"--screenshot={screenshot}", "--window-size=1280,4000", page.as_uri())
     from PIL import Image

@@ -182,7 +182,8 @@ def test_a_target_with_an_unknown_method_lists_the_methods(tmp_path, target):
     done = snakemake("-n", target, "--configfile", str(REPO / "config/config.yaml"), cwd=tmp_path)
     assert done.returncode != 0
     line = error_line(done.stdout, f"{target}: unknown method 'hcv'")
-    assert line.endswith(f"(methods of {REPO / 'config' / 'methods.yaml'}: {', '.join(registry('methods'))})"), line
+    assert line.endswith(f"(methods of {REPO / 'config' / 'methods.yaml'}: {', '.join(registry('methods'))}; "
+                         "<method>@<protocol> for another protocol)"), line
 
 
 def test_a_target_with_an_unknown_benchmark_lists_what_the_method_supports(tmp_path):
@@ -213,7 +214,7 @@ def test_the_message_follows_the_registry(tmp_path):
     assert snakemake("-n", "results/davis17/hvc2.json", *args, cwd=tmp_path).returncode == 0
     done = snakemake("-n", "results/davis17/hvc2c.json", *args, cwd=tmp_path)
     assert done.returncode != 0
-    assert error_line(done.stdout, "results/davis17/hvc2c.json: unknown method").endswith(f"{', '.join(methods)})")
+    assert error_line(done.stdout, "results/davis17/hvc2c.json: unknown method").endswith(f"{', '.join(methods)}; <method>@<protocol> for another protocol)")
     done = snakemake("-n", "results/vip/hvc2.json", *args, cwd=tmp_path)
     error_line(done.stdout, "results/vip/hvc2: method 'hvc2' has no settings for benchmark 'vip'")
 

@@ -11,6 +11,7 @@ failing job leaves behind.
 from __future__ import annotations
 
 import copy
+import csv
 import functools
 import hashlib
 import http.server
@@ -97,6 +98,19 @@ def test_dry_run_of_one_result_lists_every_stage_from_download_to_score(fresh_di
     assert "vcorr score davis --benchmark davis17 --data-root resources/data/davis17/DAVIS" in commands
     # The official CSVs go beside the rule's output, not into the predictions folder (its input).
     assert "--csv-dir results/scores/davis17/hvc_release_coco.official" in commands
+
+
+def test_dry_run_of_a_method_under_the_other_protocol_plans_its_own_chain(fresh_directory):
+    done = snakemake("-n", "results/vip/hvc_release_coco@stt.json",
+                     "--configfile", str(REPO / "config/config.yaml"), cwd=fresh_directory)
+    assert done.returncode == 0, done.stdout
+    assert planned_jobs(done.stdout)[("propagate", "vip", "hvc_release_coco@stt", "all")] == 1
+    assert rule_counts(done.stdout)["weights_moco_v1_200ep"] == 1  # its features: HVC fused with MoCo
+    assert "--method-config hvc_release_coco@stt" in done.stdout
+    done = snakemake("-n", "results/vip/stt_release_r18_s8@stt.json",
+                     "--configfile", str(REPO / "config/config.yaml"), cwd=fresh_directory)
+    assert done.returncode != 0
+    assert "unknown method 'stt_release_r18_s8@stt'" in done.stdout, done.stdout
 
 
 def test_dry_run_of_all_builds_every_method_on_every_benchmark(fresh_directory):
@@ -340,6 +354,40 @@ def test_report_holds_the_summary_table_and_every_result(tiny_run):
     assert "summary.csv" in html
     for benchmark, method in tiny_pairs(workspace):
         assert f"results/{benchmark}/{method}.json" in html or f"{method}.json" in html
+
+
+@pytest.mark.slow
+def test_cross_protocol_table_lists_every_method_protocol_and_benchmark(tiny_run):
+    workspace, first = tiny_run
+    assert first.returncode == 0
+    done = workspace.run("--cores", "2", "results/cross_protocol.csv")
+    assert done.returncode == 0, done.stdout[-6000:]
+    root = workspace.root
+    rows = list(csv.DictReader((root / "results/cross_protocol.csv").open()))
+    local = [b for b in ("davis17", "jhmdb", "vip", "ytvos18") if registry("benchmarks")[b]["scorer"] != "server"]
+    assert [(r["benchmark"], r["method"], r["protocol"]) for r in rows] == [
+        (b, m, p) for b in local for m in ("tiny_random", "tiny_crw") for p in ("crw", "stt")
+    ]
+    summary = {(r["benchmark"], r["method"]): r for r in csv.DictReader((root / "results/summary.csv").open())}
+    methods = registry("methods", workspace.registries)
+    for row in rows:
+        assert row["status"] == "scored", row
+        result = json.loads((root / row["result"]).read_text())
+        settings = result["provenance"]["settings"]
+        assert settings["protocol"] == row["protocol"]
+        if row["protocol"] == "crw":  # the method's own: the summary's cell
+            assert row["settings"] == "own" and row["result"] == summary[row["benchmark"], row["method"]]["result"]
+        else:  # tiny_stt's settings, the method's own encoder
+            assert row["settings"] == "tiny_stt"
+            reference = methods["tiny_stt"]["benchmarks"][row["benchmark"]]
+            assert {key: settings[key] for key in reference} == reference
+            assert result["provenance"]["method"]["encoders"] == methods[row["method"]]["encoders"]
+    # The stt protocol really ran: its predictions differ from the crw ones somewhere.
+    ours = {(r["benchmark"], r["method"], r["protocol"]): r for r in rows}
+    assert any(ours[b, m, "crw"]["result"] != ours[b, m, "stt"]["result"] and
+               [v for k, v in ours[b, m, "crw"].items() if k not in ("protocol", "settings", "result")]
+               != [v for k, v in ours[b, m, "stt"].items() if k not in ("protocol", "settings", "result")]
+               for b in local for m in ("tiny_random", "tiny_crw"))
 
 
 @pytest.mark.slow

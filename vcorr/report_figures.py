@@ -31,11 +31,12 @@ import numpy as np
 from PIL import Image, ImageDraw, UnidentifiedImageError
 
 from vcorr.errors import VcorrError
+from vcorr.evaluation.cross_protocol import CELL_COLUMNS
 from vcorr.io import DAVIS_PALETTE, atomic_file, read_index_png
 from vcorr.report import HEADLINES, SUMMARY_FIXED, SUMMARY_TAIL
 
 # Columns of the score tables that name or locate a result rather than measure it.
-IDENTITY_COLUMNS = frozenset({*SUMMARY_FIXED, *SUMMARY_TAIL, "protocol"})
+IDENTITY_COLUMNS = frozenset({*SUMMARY_FIXED, *SUMMARY_TAIL, *CELL_COLUMNS})
 HEADLINE_ORDER = tuple(name for names in HEADLINES.values() for name in names)
 FRAME_SUFFIXES = (".jpg", ".jpeg", ".png")
 # Strip layout (pixels): a caption band above each row of tiles, a gap between tiles.

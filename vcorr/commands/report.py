@@ -1,5 +1,5 @@
-"""`vcorr report result|summary|crosscheck-davis|figures|page`: results JSON with provenance, summary
-table, charts and overlays, and the HTML page that shows them."""
+"""`vcorr report result|summary|cross-protocol|crosscheck-davis|figures|page`: results JSON with
+provenance, summary and cross-protocol tables, charts and overlays, and the HTML page that shows them."""
 
 from __future__ import annotations
 
@@ -33,6 +33,15 @@ def add_parser(subparsers) -> None:
     summary.add_argument("results", nargs="+", type=Path, metavar="RESULT.json")
     summary.add_argument("--out", required=True, type=Path, metavar="FILE.csv")
     summary.set_defaults(func=run_summary)
+
+    cross = actions.add_parser(
+        "cross-protocol", help="every method under both propagation protocols (vcorr.evaluation.cross_protocol)")
+    cross.add_argument("results", nargs="*", type=Path, metavar="RESULT.json",
+                       help="the result of every cell that can be evaluated (<method>.json, <method>@<protocol>.json)")
+    cross.add_argument("--methods", nargs="+", required=True, help="methods of config/methods.yaml")
+    cross.add_argument("--benchmarks", nargs="+", required=True, help="benchmarks of config/benchmarks.yaml")
+    cross.add_argument("--out", required=True, type=Path, metavar="FILE.csv")
+    cross.set_defaults(func=run_cross_protocol)
 
     crosscheck = actions.add_parser(
         "crosscheck-davis", help="compare vcorr's J&F with the official davis2017-evaluation (DAVIS-2017)")
@@ -104,6 +113,17 @@ def run_summary(args: argparse.Namespace) -> int:
     from vcorr.report import write_summary
 
     print(f"{args.out}: {write_summary(args.results, args.out)} results")
+    return 0
+
+
+def run_cross_protocol(args: argparse.Namespace) -> int:
+    from vcorr.evaluation.cross_protocol import registry_cells, write_cross_protocol_table
+
+    cells = registry_cells(args.methods, args.benchmarks)
+    rows = write_cross_protocol_table(cells, args.results, args.out)
+    missing = sum(cell.evaluated_as is None for cell in cells)
+    print(f"{args.out}: {rows} cells ({len(args.methods)} methods x {len({cell.protocol for cell in cells})} protocols x {len(args.benchmarks)} benchmarks), "
+          f"{rows - missing} evaluated, {missing} not evaluated (reason in `note`)")
     return 0
 
 

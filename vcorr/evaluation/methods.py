@@ -18,6 +18,7 @@ import yaml
 
 from vcorr.errors import VcorrError
 from vcorr.config import config_dir, load_registry
+from vcorr.evaluation.cross_protocol import check_protocols, split_name, variant_entry
 
 INPUTS = ("imagenet_rgb", "lab")
 FUSIONS = (None, "hvc")
@@ -246,11 +247,29 @@ def load_method(name_or_file: str | Path) -> Method:
             (name, data), = data.items()
         return validate_method(name, data, str(path))
     registry = load_registry("methods")
-    if text not in registry:
-        raise VcorrError(
-            f"unknown method '{text}': not a file and not in {registry_file} (known: {', '.join(registry)})"
-        )
-    return validate_method(text, registry[text], f"{registry_file} [{text}]")
+    if text in registry:
+        return validate_method(text, registry[text], f"{registry_file} [{text}]")
+    base, protocol = split_name(text)
+    if protocol is not None:
+        return _load_variant(text, base, protocol, registry)
+    raise VcorrError(f"unknown method '{text}': not a file and not in {registry_file} (known: {', '.join(registry)})")
+
+
+def _load_variant(name: str, base: str, protocol: str, registry: dict[str, Any]) -> Method:
+    """`<method>@<protocol>` (vcorr.evaluation.cross_protocol), checked like a registry entry."""
+    protocols_file = config_dir() / "protocols.yaml"
+    if base not in registry:
+        raise VcorrError(f"unknown method '{base}' in '{name}': not in {config_dir() / 'methods.yaml'} (known: {', '.join(registry)})")
+    if protocol not in PROTOCOL_PARAMS:
+        raise VcorrError(f"'{name}': protocol '{protocol}' is not one of {', '.join(PROTOCOL_PARAMS)}")
+    protocols = load_registry("protocols") if protocols_file.is_file() else {}
+    check_protocols(protocols, registry, str(protocols_file))
+    entry = variant_entry(name, registry, protocols)
+    if entry is None:
+        why = (f"{protocol} is the method's own protocol: use '{base}'" if registry[base]["protocol"] == protocol
+               else f"{protocols_file} names no reference method for protocol {protocol}")
+        raise VcorrError(f"'{name}': {why}")
+    return validate_method(name, entry, f"{protocols_file} [{name}]")
 
 
 def validate_method(name: str, data: Any, source: str) -> Method:

@@ -56,6 +56,26 @@ METHODS = read_registry("methods")
 # Models the workflow trains (rules/train.smk); a registry folder without models.yaml trains none.
 MODELS = read_registry("models", optional=True)
 MODEL_FILE = "results/models/{model}.pth"
+# The cross-protocol table's references; a registry folder without protocols.yaml has no variants.
+PROTOCOLS = read_registry("protocols", optional=True)
+
+
+def protocol_variants():
+    """`<method>@<protocol>`: a method under another protocol (vcorr.evaluation.cross_protocol,
+    the code `vcorr propagate` runs them with), planned like any method of methods.yaml."""
+    sys.path.insert(0, str(REPOSITORY))
+    from vcorr.errors import VcorrError
+    from vcorr.evaluation.cross_protocol import check_protocols, protocol_variants
+
+    try:
+        check_protocols(PROTOCOLS, METHODS, str(REGISTRY_DIR / "protocols.yaml"))
+    except VcorrError as error:
+        raise WorkflowError(str(error))
+    return protocol_variants(METHODS, PROTOCOLS)
+
+
+# What a rule's {method} may name: a method of methods.yaml or one of its protocol variants.
+EVALUATED = {**METHODS, **protocol_variants()}
 
 
 def check_references():
@@ -156,7 +176,7 @@ CROSSCHECKED = [name for name in benchmarks_scored_by("davis") if BENCHMARKS[nam
 
 wildcard_constraints:
     benchmark=one_of(BENCHMARKS),
-    method=one_of(METHODS),
+    method=one_of(EVALUATED),
     model=one_of(MODELS) or "(?!)",
     dataset=one_of(DOWNLOADED_DATASETS),
     part=r"all|shard-\d+-of-\d+",
@@ -186,15 +206,34 @@ def requested_pairs():
     ]
 
 
+def cross_protocol_cells():
+    """The cross-protocol table's cells: every requested method under every protocol on every
+    requested benchmark scored locally (vcorr.evaluation.cross_protocol; `vcorr report
+    cross-protocol` builds the same list from the same arguments)."""
+    from vcorr.evaluation.cross_protocol import cross_protocol_cells
+
+    return cross_protocol_cells(cross_protocol_methods(), cross_protocol_benchmarks(), METHODS, PROTOCOLS)
+
+
+def cross_protocol_methods():
+    """The requested methods that have settings for a requested benchmark (`all` means those)."""
+    return list(dict.fromkeys(method for _, method in requested_pairs()))
+
+
+def cross_protocol_benchmarks():
+    requested = pick(config["evaluate"]["benchmarks"], BENCHMARKS, "benchmarks")
+    return [benchmark for benchmark in requested if BENCHMARKS[benchmark]["scorer"] != "server"]
+
+
 def unsupported_pair(benchmark, method):
     """Why (benchmark, method) cannot be evaluated, from the registries; None when it can."""
     methods_file = REGISTRY_DIR / "methods.yaml"
-    if method not in METHODS:
-        return f"unknown method '{method}' (methods of {methods_file}: {', '.join(METHODS)})"
-    supported = ", ".join(METHODS[method]["benchmarks"])
+    if method not in EVALUATED:
+        return f"unknown method '{method}' (methods of {methods_file}: {', '.join(METHODS)}; <method>@<protocol> for another protocol)"
+    supported = ", ".join(EVALUATED[method]["benchmarks"])
     if benchmark not in BENCHMARKS:
         return f"unknown benchmark '{benchmark}' (method {method} supports: {supported})"
-    if benchmark not in METHODS[method]["benchmarks"]:
+    if benchmark not in EVALUATED[method]["benchmarks"]:
         return f"method '{method}' has no settings for benchmark '{benchmark}' in {methods_file} (it supports: {supported})"
     return None
 
@@ -204,7 +243,7 @@ def method_settings(benchmark, method):
     reason = unsupported_pair(benchmark, method)
     if reason:
         raise WorkflowError(f"results/{benchmark}/{method}: {reason}")
-    return METHODS[method]["benchmarks"][benchmark]
+    return EVALUATED[method]["benchmarks"][benchmark]
 
 
 # --- targets the registries do not know (rules/targets.smk) ---------------------------------
@@ -221,7 +260,7 @@ def unknown_target_regex():
             parts = Path(str(output)).parts
             if len(parts) > 2 and parts[0] == "results" and "{" not in parts[1]:
                 reserved.add(parts[1])
-    known = f"(?:{one_of(BENCHMARKS)})/(?:{one_of(METHODS)})"
+    known = f"(?:{one_of(BENCHMARKS)})/(?:{one_of(EVALUATED)})"
     name = r"[^/]+"
     return "|".join([
         rf"(?!(?:{one_of(reserved)})/)(?!{known}\.(?:json|zip)$){name}/{name}\.(?:json|zip)",
@@ -245,6 +284,8 @@ def all_targets():
             for benchmark, method in requested_pairs()
             if benchmark in CROSSCHECKED
         ]
+    if config["report"]["cross_protocol"]:
+        targets.append("results/cross_protocol.csv")
     if config["report"]["page"]:
         targets.append("results/report.html")
     return targets
@@ -295,7 +336,7 @@ def weights_file(weights):
 
 def method_weights(method):
     """Every checkpoint the method reads: an input, so replacing one reruns what used it."""
-    return [weights_file(encoder["weights"]) for encoder in METHODS[method]["encoders"] if encoder.get("weights")]
+    return [weights_file(encoder["weights"]) for encoder in EVALUATED[method]["encoders"] if encoder.get("weights")]
 
 
 def weights_in_use():
@@ -462,7 +503,7 @@ def propagation_settings(wildcards):
     propagation.set) reruns that benchmark's propagation and scoring and nothing else. Canonical
     JSON (sorted keys): reordering or reformatting the YAML is no change.
     """
-    method = METHODS[wildcards.method]
+    method = EVALUATED[wildcards.method]
     settings = {
         "encoders": method["encoders"],
         "fusion": method.get("fusion"),

@@ -47,11 +47,34 @@ rule summary:
         "vcorr report summary {input} --out {output} > {log} 2>&1"
 
 
+# Every requested method under both protocols (config/protocols.yaml): its own protocol's cell
+# is its result above, the other's that of <method>@<protocol>.
+rule cross_protocol:
+    input:
+        sorted({f"results/{cell.benchmark}/{cell.evaluated_as}.json" for cell in cross_protocol_cells() if cell.evaluated_as}),
+    output:
+        report("results/cross_protocol.csv", caption="../report/cross_protocol.rst", category="Summary"),
+    params:
+        methods=" ".join(cross_protocol_methods()),
+        benchmarks=" ".join(cross_protocol_benchmarks()),
+    log:
+        "logs/cross_protocol.log",
+    resources:
+        **job_resources("report"),
+    localrule: True
+    conda:
+        "../../envs/vcorr.yaml"
+    shell:
+        "vcorr report cross-protocol {input} --methods {params.methods} --benchmarks {params.benchmarks}"
+        " --out {output} > {log} 2>&1"
+
+
 # --- the report page (config report.page): tables, score chart, training curves, overlays ----
 
 rule score_chart:
     input:
-        "results/summary.csv",
+        # With the cross-protocol table: a hatch per protocol for every method.
+        "results/cross_protocol.csv" if config["report"]["cross_protocol"] else "results/summary.csv",
     output:
         "results/report/scores.png",
     log:
@@ -104,12 +127,14 @@ rule overlay:
 rule report_page:
     input:
         summary="results/summary.csv",
+        cross_protocol=["results/cross_protocol.csv"] if config["report"]["cross_protocol"] else [],
         scores="results/report/scores.png",
         losses=["results/report/losses.png"] if trained_models_read() else [],
         overlays=overlay_files(),
     output:
         report("results/report.html", caption="../report/page.rst", category="Summary"),
     params:
+        tables=lambda wildcards, input: " ".join(f"--table Cross-protocol={path}" for path in input.cross_protocol),
         images=lambda wildcards, input: " ".join(
             f"--images {shlex.quote('='.join((heading, ','.join(files))))}"
             for heading, files in (
@@ -125,5 +150,5 @@ rule report_page:
     conda:
         "../../envs/vcorr.yaml"
     shell:
-        "vcorr report page --table Summary={input.summary} {params.images} --title 'vcorr report'"
+        "vcorr report page --table Summary={input.summary} {params.tables} {params.images} --title 'vcorr report'"
         " --out {output} > {log} 2>&1"
