@@ -168,15 +168,16 @@ def test_score_chart_of_server_scored_results_only_says_so(tmp_path):
 
 def test_loss_curves_panel_per_stage_and_term(tmp_path):
     stages = {"stage1 (MoCo)": metrics_csv(tmp_path / "m1.csv", ["loss", "acc1"]),
-              "stage2 (HVC)": metrics_csv(tmp_path / "m2.csv", ["loss", "loss_spatial", "images_per_s"])}
+              "stage2 (HVC)": metrics_csv(tmp_path / "m2.csv", ["loss", "loss_spatial", "images_per_s", "flow"])}
     out = tmp_path / "losses.png"
     terms = loss_curves(stages, out)
-    assert terms == {"stage1 (MoCo)": ["lr", "loss", "acc1"], "stage2 (HVC)": ["lr", "loss", "loss_spatial", "images_per_s"]}
+    assert terms == {"stage1 (MoCo)": ["lr", "loss", "acc1"],
+                     "stage2 (HVC)": ["lr", "loss", "loss_spatial", "images_per_s", "flow"]}
     wide, narrow = assert_png(out).size, None
     loss_curves({"only": stages["stage1 (MoCo)"]}, tmp_path / "one.png")
     narrow = assert_png(tmp_path / "one.png").size
     assert wide[0] > 1.6 * narrow[0]  # a column of panels per stage
-    assert wide[1] > narrow[1]  # images_per_s adds a row
+    assert wide[1] > narrow[1]  # stage 2 logs one term more than stage 1: a row more
 
 
 def test_loss_curves_refuse_missing_or_termless_metrics(tmp_path):

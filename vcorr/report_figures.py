@@ -239,16 +239,16 @@ def loss_curves(metrics_csvs: Mapping[str, str | os.PathLike], out_png: str | os
     """Training curves, a column of panels per stage (mapping order); returns the terms per stage.
 
     The top panel holds the loss terms (every column whose name contains "loss") against the
-    step; below it one panel per other term (lr on a log scale, accuracies, images/s), shared by
-    every stage so they line up.
+    step; below it one panel per other term the stage logs (lr on a log scale, accuracies,
+    images/s); a stage with fewer terms leaves the rest of its column empty.
     """
     if not metrics_csvs:
         raise VcorrError("loss_curves: no training stage given (need NAME -> metrics.csv)")
     stages = {name: _read_metrics(name, Path(path)) for name, path in metrics_csvs.items()}
-    others = list(dict.fromkeys(term for curves in stages.values() for term in curves
-                                if term != "step" and not _is_loss(term)))
+    others = {name: [term for term in curves if term != "step" and not _is_loss(term)] for name, curves in stages.items()}
+    rows = 1 + max(len(terms) for terms in others.values())
     plt = _pyplot()
-    figure, axes = plt.subplots(1 + len(others), len(stages), figsize=(5.0 * len(stages), 3.0 + 1.8 * len(others)),
+    figure, axes = plt.subplots(rows, len(stages), figsize=(5.0 * len(stages), 1.2 + 1.8 * rows),
                                 squeeze=False, sharex="col")
     terms: dict[str, list[str]] = {}
     for column, (name, curves) in enumerate(stages.items()):
@@ -263,19 +263,20 @@ def loss_curves(metrics_csvs: Mapping[str, str | os.PathLike], out_png: str | os
         if losses:
             loss_axis.legend(fontsize=7)
         loss_axis.set_ylabel("loss")
-        for row, term in enumerate(others, start=1):
+        for row, term in enumerate(others[name], start=1):
             axis = axes[row, column]
             axis.set_ylabel(term)
-            if term not in curves:
-                axis.text(0.5, 0.5, "not logged", ha="center", va="center", transform=axis.transAxes, color="grey")
-                continue
             finite = np.isfinite(curves[term])
             axis.plot(steps[finite], curves[term][finite], color="tab:orange", linewidth=1.0)
             if term == "lr" and (curves[term][finite] > 0).all():
                 axis.set_yscale("log")
-        for axis in axes[:, column]:
+        used = 1 + len(others[name])
+        for axis in axes[used:, column]:
+            axis.set_visible(False)
+        for axis in axes[:used, column]:
             axis.grid(alpha=0.3)
-        axes[-1, column].set_xlabel("step")
+        axes[used - 1, column].set_xlabel("step")
+        axes[used - 1, column].xaxis.set_tick_params(labelbottom=True)
     figure.tight_layout()
     _save_figure(figure, Path(out_png))
     return terms
