@@ -152,6 +152,17 @@ def _needs_original_row(
 
 
 @dataclass
+class _DenseCandidates:
+    """A dense entry's k best keys per query of a tile (`values`, value `rows`), its pruning
+    stages' boundaries, and the tile's scores against the whole frame [Q, hw]."""
+
+    values: torch.Tensor
+    rows: torch.Tensor
+    boundaries: list[_Boundary]
+    scores: torch.Tensor
+
+
+@dataclass
 class ContextList:
     """One reference chain's context: an optional dense entry, then windowed entries in order.
 
@@ -247,20 +258,21 @@ class ContextMemory:
         for tile in self.tiles:
             tile_query = query_hwk[tile.rows, tile.cols].reshape(-1, query_hwk.shape[-1])
             windowed = self._windowed_scores(tile, tile_query) if needs_windowed else None
-            dense_cache: dict[int, tuple[torch.Tensor, torch.Tensor, list[_Boundary]]] = {}
+            dense_cache: dict[int, _DenseCandidates] = {}
             group_cache: dict[tuple[int, ...], torch.Tensor] = {}
             for context, slots, result in zip(contexts, slot_lists, results):
                 parts_values, parts_rows, parts_keys, boundaries = [], [], [], []
+                dense = None
                 if context.dense is not None:
                     if context.dense not in dense_cache:
                         dense_cache[context.dense] = self._dense_candidates(
                             tile_query, context.dense, k
                         )
-                    values, rows, dense_boundaries = dense_cache[context.dense]
-                    parts_values.append(values)
-                    parts_rows.append(rows)
-                    parts_keys.append(rows + self._dense_alias(context.dense))
-                    boundaries += dense_boundaries
+                    dense = dense_cache[context.dense]
+                    parts_values.append(dense.values)
+                    parts_rows.append(dense.rows)
+                    parts_keys.append(dense.rows + self._dense_alias(context.dense))
+                    boundaries += dense.boundaries
                 if len(slots):
                     distinct = tuple(sorted(set(context.windowed_slots)))
                     if distinct not in group_cache:
@@ -281,7 +293,7 @@ class ContextMemory:
                 if bool(open_choice.any()):
                     queries = open_choice.nonzero().squeeze(1)
                     top_values[queries], value_rows[queries] = self._as_original(
-                        tile, tile_query, windowed, context, slots, queries, k
+                        tile, windowed, dense, context, slots, queries, k
                     )
                 result.similarity[tile.query_index] = top_values
                 result.value_rows[tile.query_index] = value_rows
@@ -344,16 +356,13 @@ class ContextMemory:
         boundary = _Boundary(best_maxima[:, -1], tied)
         return values.reshape(n_queries, -1), rows.reshape(n_queries, -1), boundary
 
-    def _dense_scores(self, tile_query: torch.Tensor, dense: int) -> torch.Tensor:
-        return (tile_query @ self.dense_keys[dense].t()).to(torch.float32)  # [Q, hw]
-
     def _dense_candidates(
         self, tile_query: torch.Tensor, dense: int, k: int
-    ) -> tuple[torch.Tensor, torch.Tensor, list[_Boundary]]:
+    ) -> _DenseCandidates:
         """The k best keys of a dense reference frame for each of the tile's queries, by the same
-        two stages (groups = key rows of the frame), and both stages' boundaries."""
+        two stages (groups = key rows of the frame)."""
         n_queries = tile_query.shape[0]
-        scores = self._dense_scores(tile_query, dense)
+        scores = (tile_query @ self.dense_keys[dense].t()).to(torch.float32)  # [Q, hw]
         row_max = scores.view(n_queries, self.height, self.width).amax(dim=2)
         best_row_max, best_rows, rows_tied = ordered_topk(row_max, min(k, self.height))
         best_rows, _ = best_rows.sort(dim=1)
@@ -363,58 +372,75 @@ class ContextMemory:
         top_values, top_index, tied = ordered_topk(values, min(k, values.shape[1]))
         rows = (self.capacity + dense) * (self.height * self.width) + positions.gather(1, top_index)
         boundaries = [_Boundary(best_row_max[:, -1], rows_tied), _Boundary(top_values[:, -1], tied)]
-        return top_values, rows, boundaries
+        return _DenseCandidates(top_values, rows, boundaries, scores)
 
     def _as_original(
         self,
         tile: Tile,
-        tile_query: torch.Tensor,
         scores: torch.Tensor | None,
+        dense: _DenseCandidates | None,
         context: ContextList,
         slots: torch.Tensor,
         queries: torch.Tensor,
         k: int,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The top-k of the given queries of the tile (local indices) chosen on the original's
-        whole list (module doc), in chunks of at most ~4M scores: similarities and value rows
+        list (module doc), in chunks of at most ~4M scores: similarities and value rows
         [len(queries), k]."""
         hw = self.height * self.width
         entries = (context.dense is not None) + len(slots)
-        chunk = max(1, (1 << 22) // (entries * hw))
-        row_of_column = []  # value row of every column of the list
+        row_of_column = []  # value row of every column of the original's list
         if context.dense is not None:
             row_of_column.append((self.capacity + context.dense) * hw + torch.arange(hw, device=slots.device))
         row_of_column += [slot * hw + torch.arange(hw, device=slots.device) for slot in slots]
         row_of_column = torch.cat(row_of_column)
+        # Where ATen's CPU topk uses its heap (n >= 64 k), a -inf after the first k never enters
+        # the heap and changes nothing: the list can then leave out the windowed entries' keys
+        # outside the tile's key rectangle (all -inf), padded with -inf to keep n >= 64 k. The
+        # lowest-index rule ("cuda") is kept by any order-preserving shortening.
+        shorten = entries * hw >= 64 * k and k <= hw
         similarity, value_rows = [], []
+        chunk = max(1, (1 << 22) // (entries * hw))
         for part in queries.split(chunk):
-            row_scores = self._original_rows(tile, tile_query, scores, context, part)
-            columns = topk_as_original(row_scores, k, self.temperature, self.ties)
-            similarity.append(row_scores.gather(1, columns))
-            value_rows.append(row_of_column[columns])
+            row_scores, columns = self._original_rows(tile, scores, dense, context, part, k, shorten)
+            if shorten and row_scores.shape[1] < 64 * k:
+                pad = row_scores.new_full((len(part), 64 * k - row_scores.shape[1]), float("-inf"))
+                row_scores = torch.cat([row_scores, pad], 1)
+                columns = torch.cat([columns, columns.new_zeros(pad.shape[1])])
+            selected = topk_as_original(row_scores, k, self.temperature, self.ties)
+            similarity.append(row_scores.gather(1, selected))
+            value_rows.append(row_of_column[columns[selected]])
         return torch.cat(similarity), torch.cat(value_rows)
 
     def _original_rows(
         self,
         tile: Tile,
-        tile_query: torch.Tensor,
         scores: torch.Tensor | None,
+        dense: _DenseCandidates | None,
         context: ContextList,
         queries: torch.Tensor,
-    ) -> torch.Tensor:
-        """The original's list for the given queries, raw affinities [q, entries * hw]: the dense
-        entry (if any) in full, then each windowed entry, -inf outside the query's window. A frame
-        present as dense and windowed gets the dense scores in both (bit-equal copies, as in the
-        original's list)."""
+        k: int,
+        shorten: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The original's list for the given queries: raw affinities [q, n] (the dense entry, if
+        any, in full, then each windowed entry, -inf outside the query's window) and the column
+        of the original's list each one is [n]. `shorten`: a windowed entry holds only its key
+        rectangle, except the list's first k keys, kept as they are. A frame present as dense
+        and windowed gets the dense scores in both (bit-equal copies, as in the original's
+        list). The scores are those the candidates were taken from."""
         hw = self.height * self.width
         dense_scores = dense_slot = None
-        parts = []
-        if context.dense is not None:
-            dense_scores = self._dense_scores(tile_query[queries], context.dense)
+        parts, columns = [], []
+        if dense is not None:
+            dense_scores = dense.scores[queries]
             dense_slot = self.slot_of.get(self.dense_frames[context.dense])
             parts.append(dense_scores)
+            columns.append(torch.arange(hw, device=dense_scores.device))
         mask = tile.mask[:, queries].permute(1, 0, 2).reshape(len(queries), -1)  # [q, R * Cn]
-        key_index = tile.key_index.reshape(-1)
+        key_index = tile.key_index.reshape(-1)  # increasing: raster order
+        everywhere = torch.arange(hw, device=key_index.device)
+        first_k = torch.zeros(hw, dtype=torch.bool, device=key_index.device)
+        first_k[:k] = True
         frame_rows: dict[int, torch.Tensor] = {}
         for slot in context.windowed_slots:
             if slot not in frame_rows:
@@ -422,8 +448,23 @@ class ContextMemory:
                     inside = dense_scores[:, key_index]
                 else:
                     inside = scores[:, queries, :, slot].permute(1, 0, 2).reshape(len(queries), -1)
-                full = inside.new_full((len(queries), hw), float("-inf"))
-                full[:, key_index] = inside + mask
-                frame_rows[slot] = full
-            parts.append(frame_rows[slot])
-        return torch.cat(parts, 1)
+                frame_rows[slot] = inside + mask
+            if not shorten:
+                keep = everywhere
+            elif columns:
+                keep = key_index
+            else:  # the list's first entry: its first k keys stay
+                in_rect = first_k.clone()
+                in_rect[key_index] = True
+                keep = in_rect.nonzero().squeeze(1)
+            row = frame_rows[slot] if keep is key_index else _scatter(frame_rows[slot], key_index, hw)[:, keep]
+            parts.append(row)
+            columns.append(keep + len(columns) * hw)
+        return torch.cat(parts, 1), torch.cat(columns)
+
+
+def _scatter(inside: torch.Tensor, key_index: torch.Tensor, hw: int) -> torch.Tensor:
+    """[q, R * Cn] scores of a key rectangle -> [q, hw], -inf elsewhere."""
+    full = inside.new_full((inside.shape[0], hw), float("-inf"))
+    full[:, key_index] = inside
+    return full
