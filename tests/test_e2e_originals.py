@@ -99,11 +99,6 @@ def test_stt_jhmdb_a_frame0_and_first_propagated_frames(jhmdb_distances):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "exact affinity ties: frames 0 and 1 of the fixture are pixel-identical in places, so a key "
-    "of frame 0 (listed twice) and of frame 1 tie at the top-k boundary; vcorr keeps the earlier "
-    "context entry, the original's CPU torch.topk (libstdc++ partial_sort) kept frame 1's; "
-    "from frame 2 on, joints in flat heat-map plateaus move up to 1.6 px"))
 def test_stt_jhmdb_a_every_joint_and_frame(jhmdb_distances):
     assert jhmdb_distances.max() <= 0.5
 

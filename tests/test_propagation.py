@@ -1,5 +1,6 @@
 """Label propagation: the originals' answers, a dense reference written from the definitions,
-window borders, tie rule, and behaviour on sequences whose answer is known."""
+window borders, tie rules (more in test_propagation_ties.py), and behaviour on sequences whose
+answer is known."""
 
 from __future__ import annotations
 
@@ -244,17 +245,20 @@ def test_square_window_is_clipped_at_borders(nrange):
 
 def test_ordered_topk_breaks_ties_by_position():
     values = torch.tensor([[1.0, 3.0, 3.0, 2.0, 3.0, 0.0], [5.0, 5.0, 5.0, 5.0, 5.0, 5.0]])
-    top_values, top_index = ordered_topk(values, 2)
+    top_values, top_index, tied = ordered_topk(values, 2)
     assert top_index.tolist() == [[1, 2], [0, 1]]
     assert top_values.tolist() == [[3.0, 3.0], [5.0, 5.0]]
-    top_values, top_index = ordered_topk(values, 4)
+    assert tied.tolist() == [True, True]
+    top_values, top_index, tied = ordered_topk(values, 4)
     assert top_index.tolist() == [[1, 2, 4, 3], [0, 1, 2, 3]]
+    assert tied.tolist() == [False, True]
 
 
 @pytest.mark.parametrize("protocol", ["crw", "stt"])
-def test_constant_features_pick_the_earliest_candidates(protocol):
-    """All affinities tie: the rule (dense entry first, then key position, then context entry)
-    decides, identically for every tiling."""
+def test_constant_features_pick_the_earliest_candidates_under_the_cuda_rule(protocol):
+    """All affinities tie: rule "cuda" keeps the earliest keys of the original's list (context
+    entry, then raster position), identically for every tiling; rule "cpu" is checked against
+    torch.topk in tests/test_propagation_ties.py, and is tiling independent too."""
     h, w, k = 6, 7, 4
     feats = torch.ones(3, 8, h, w)
     label0 = np.arange(h * w, dtype=np.uint8).reshape(h, w) % 10
@@ -262,21 +266,23 @@ def test_constant_features_pick_the_earliest_candidates(protocol):
         dict(cxt_size=2, radius=3, topk=k, temp=0.1, num_channels=10)
         if protocol == "crw" else dict(precede=2, topk=k, temp=0.07, nrange=4)
     )
-    first = propagate(feats, label0, protocol, **params)
-    again = propagate(feats, label0, protocol, tile_size=(2, 3), **params)
-    assert torch.equal(first.soft, again.soft)
+    for ties in ("cpu", "cuda"):
+        first = propagate(feats, label0, protocol, ties=ties, **params)
+        again = propagate(feats, label0, protocol, tile_size=(2, 3), ties=ties, **params)
+        assert torch.equal(first.soft, again.soft)
     soft0 = first.soft[0].flatten(1)
     if protocol == "crw":
         # the unrestricted reference frame comes first: its raster positions 0..k-1 for everyone
         expected = soft0[:, :k].mean(1)
         torch.testing.assert_close(first.soft[1], expected[:, None, None].expand(-1, h, w))
     else:
-        # windowed candidates in raster order of position, then entry: at t = 1 the context
-        # lists frame 0 twice, so the k best are both copies of the first k / 2 window positions
+        # at t = 1 the list holds frame 0 twice: the first copy's first k window positions
         allowed = _square_allowed(h, w, 4)
         for query in (0, 17, h * w - 1):
-            keys = allowed[:, query].nonzero().squeeze(1)[: k // 2]
+            keys = allowed[:, query].nonzero().squeeze(1)[:k]
             torch.testing.assert_close(first.soft[1].flatten(1)[:, query], soft0[:, keys].mean(1))
+    with pytest.raises(VcorrError, match="ties must be one of"):
+        propagate(feats, label0, protocol, ties="gpu", **params)
 
 
 # ---------------------------------------------------------------- known answers

@@ -7,6 +7,10 @@ The definitions follow the original code of each protocol:
 
 - `CRWPropagator` — protocol "crw" (HVC `infer_vos.py` + `labelprop/`, videowalk);
 - `STTPropagator` — protocol "stt" (Spa-then-Temp `VanillaTracker.forward_test`).
+
+Both take ``ties`` (`vcorr.propagation.affinity.TIE_RULES`): whose `torch.topk` choice among exact
+affinity ties to reproduce, ``"cpu"`` (default; the originals run on the CPU, as the reference
+outputs in ../shared/testdata were made) or ``"cuda"`` (the originals on a GPU).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from vcorr.errors import VcorrError
-from vcorr.propagation.affinity import ContextList, ContextMemory, TopK
+from vcorr.propagation.affinity import TIE_RULES, ContextList, ContextMemory, TopK
 from vcorr.propagation.stt_labels import first_frame_output
 from vcorr.propagation.window import Window
 
@@ -126,7 +130,7 @@ class _Propagator:
     window: Window
     capacity: int
 
-    def __init__(self, label0, topk: int, temp: float, tile_size, affinity_dtype: str) -> None:
+    def __init__(self, label0, topk: int, temp: float, tile_size, affinity_dtype: str, ties: str) -> None:
         self.label0 = label0
         self.topk = int(topk)
         self.temp = float(temp)
@@ -134,6 +138,9 @@ class _Propagator:
         if affinity_dtype not in AFFINITY_DTYPES:
             raise VcorrError(f"affinity_dtype must be one of {sorted(AFFINITY_DTYPES)}")
         self.affinity_dtype = AFFINITY_DTYPES[affinity_dtype]
+        if ties not in TIE_RULES:
+            raise VcorrError(f"ties must be one of {list(TIE_RULES)} (vcorr.propagation.affinity), got {ties!r}")
+        self.ties = ties
         self.t = 0
         self.memory: ContextMemory | None = None
         self.feature_shape: tuple[int, ...] | None = None
@@ -162,7 +169,7 @@ class _Propagator:
         return ContextMemory(
             height, width, dim, channels, self.capacity, self.window,
             self.tile_size or default_tile(self.capacity),
-            features.device, self.affinity_dtype,
+            features.device, self.affinity_dtype, self.temp, self.ties,
         )
 
     def _start(self, features: torch.Tensor, labels: torch.Tensor) -> PropagatedFrame:
@@ -188,8 +195,9 @@ class CRWPropagator(_Propagator):
         num_channels: int = 20,
         tile_size=None,
         affinity_dtype: str = "float32",
+        ties: str = "cpu",
     ) -> None:
-        super().__init__(label0, topk, temp, tile_size, affinity_dtype)
+        super().__init__(label0, topk, temp, tile_size, affinity_dtype, ties)
         self.cxt_size = int(cxt_size)
         self.window = Window.circle(radius)
         self.capacity = self.cxt_size
@@ -209,7 +217,7 @@ class CRWPropagator(_Propagator):
         self.out_size = tuple(full.shape[-2:])
         soft = _resize(full, features.shape[-2:], align_corners=True)
         self.memory = self._new_memory(features, soft.shape[0])
-        dense = self.memory.add_dense(features, soft)
+        dense = self.memory.add_dense(0, features, soft)
         self.chains.append((0, dense, self._valid(soft)))
         self.memory.store(0, features, soft)
         return PropagatedFrame(soft, self._readout)
@@ -254,7 +262,7 @@ class CRWPropagator(_Propagator):
         down = _resize(init, features.shape[-2:], align_corners=True)
         weight = down.sum(0, keepdim=True)
         merged = (1 - weight) * merged + weight * down
-        dense = self.memory.add_dense(features, merged)
+        dense = self.memory.add_dense(self.t, features, merged)
         self.chains.append((self.t, dense, self._valid(init)))
         return merged
 
@@ -275,8 +283,9 @@ class STTPropagator(_Propagator):
         output_size: tuple[int, int] | None = None,
         tile_size=None,
         affinity_dtype: str = "float32",
+        ties: str = "cpu",
     ) -> None:
-        super().__init__(label0, topk, temp, tile_size, affinity_dtype)
+        super().__init__(label0, topk, temp, tile_size, affinity_dtype, ties)
         # The original frame size when `label0` is given at the network's input size
         # (vcorr.propagation.stt_labels); None = the labels' own size.
         self.output_size = tuple(output_size) if output_size is not None else None
@@ -304,7 +313,7 @@ class STTPropagator(_Propagator):
         first_ids = first if self.index_labels else first.argmax(0).to(torch.uint8)
         self.memory = self._new_memory(features, soft.shape[0])
         if self.first_dense:
-            self.memory.add_dense(features, soft)
+            self.memory.add_dense(0, features, soft)
         self.memory.store(0, features, soft)
         return PropagatedFrame(soft, lambda _: first_ids)
 
