@@ -6,6 +6,7 @@ file's)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -75,20 +76,33 @@ def test_stt_vip_a_equals_spa_then_temp_vip(tmp_path):
     assert min(agreement.values()) >= 0.9995, agreement
 
 
-@pytest.fixture(scope="module")
-def jhmdb_distances(tmp_path_factory):
+def _jhmdb_distances(out: Path, *extra: str) -> np.ndarray:
     """Per joint and frame, the distance (px) of vcorr's coordinates to the original's."""
     if not E2E.is_dir():
         pytest.skip(f"{E2E} absent")
     case = E2E / "stt-jhmdb-a"
-    out = tmp_path_factory.mktemp("jhmdb")
     # The fixture holds one clip of the split list: --sequences needs only that one on disk.
     _propagate(out, "jhmdb", case / "JHMDB", "stt_release_r18_s8", E2E / "stt-box-b" / "weights",
-               "--sequences", JHMDB_CLIP)
+               "--sequences", JHMDB_CLIP, *extra)
     ours = np.load(out / f"{JHMDB_CLIP}.npy")
     official = np.load(case / "official" / f"{JHMDB_CLIP}.npy")
     assert ours.shape == official.shape == (2, 15, 10)
     return np.sqrt(((ours - official) ** 2).sum(0))  # [15, T]
+
+
+@pytest.fixture(scope="module")
+def jhmdb_distances(tmp_path_factory):
+    return _jhmdb_distances(tmp_path_factory.mktemp("jhmdb"))
+
+
+@pytest.mark.slow
+def test_the_cuda_tie_rule_reaches_propagation_and_differs_on_this_clip(tmp_path, jhmdb_distances):
+    """The fixture was made on the CPU: ties as CUDA's topk breaks them move a few joints
+    (method option `ties`, recorded in the run record)."""
+    cuda = _jhmdb_distances(tmp_path, "--set", "ties=cuda")
+    assert cuda.max() > 0.5 >= jhmdb_distances.max()
+    record = json.loads(next(tmp_path.glob(".vcorr-propagate*.json")).read_text())
+    assert record["settings"]["ties"] == "cuda"
 
 
 @pytest.mark.slow

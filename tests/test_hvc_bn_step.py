@@ -132,7 +132,7 @@ def test_option_defaults_and_override():
     assert load_method("crw_release").options["zero_image_bn_update"] is False
     assert load_method("stt_release_r18_s8").options["zero_image_bn_update"] is False
     settings = load_method("hvc_release_coco").settings_for("davis17", ["zero_image_bn_update=false"])
-    assert settings.options == {"zero_image_bn_update": False}
+    assert settings.options == {"zero_image_bn_update": False, "ties": "cpu"}
     assert settings.as_dict()["zero_image_bn_update"] is False
     assert load_method("hvc_release_coco").as_dict()["zero_image_bn_update"] is True
 

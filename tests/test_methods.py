@@ -182,3 +182,11 @@ def test_registry_file_documents_its_schema():
     text = (Path(__file__).resolve().parents[1] / "config" / "methods.yaml").read_text()
     for key in ("encoders:", "fusion:", "input:", "protocol:", "benchmarks:", "short_side"):
         assert key in textwrap.dedent(text)
+
+
+def test_tie_rule_is_a_method_option_cpu_by_default_and_checked():
+    method = load_method("stt_release_r18_s8")
+    assert method.options["ties"] == "cpu"
+    assert method.settings_for("davis17", ["ties=cuda"]).as_dict()["ties"] == "cuda"
+    with pytest.raises(VcorrError, match="ties must be one of cpu, cuda, got 'gpu'"):
+        method.settings_for("davis17", ["ties=gpu"])

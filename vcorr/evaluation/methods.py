@@ -37,8 +37,12 @@ PROTOCOL_DEFAULTS: dict[str, dict[str, Any]] = {"crw": {}, "stt": {"with_first_n
 # entry and overridable per run with `--set`. Each maps to (type, default for a method).
 # zero_image_bn_update: HVC's post-load BN step (vcorr.models.hvc_bn); on by default for methods
 # that use HVC's test-time fusion, i.e. HVC's published pipeline (models/encoder.py make_encoder).
+# ties: whose torch.topk choice among exact affinity ties propagation reproduces, the originals'
+# run on the CPU ("cpu", as ../shared/testdata's references were made) or on a GPU ("cuda");
+# vcorr.propagation.affinity.TIE_RULES.
 METHOD_OPTIONS: dict[str, tuple[type, Any]] = {
     "zero_image_bn_update": (bool, lambda data: data.get("fusion") == "hvc"),
+    "ties": (str, lambda data: "cpu"),
 }
 
 
@@ -348,6 +352,13 @@ def _check_option(key: str, value: Any, where: str) -> Any:
     kind = METHOD_OPTIONS[key][0]
     if not isinstance(value, kind):
         raise VcorrError(f"{where}: {key} must be a {kind.__name__}, got {value!r}")
+    if key == "ties":
+        # Imported here: this module stays free of torch for the workflow's DAG, which never
+        # resolves method options.
+        from vcorr.propagation.affinity import TIE_RULES
+
+        if value not in TIE_RULES:
+            raise VcorrError(f"{where}: ties must be one of {', '.join(TIE_RULES)}, got {value!r}")
     return value
 
 

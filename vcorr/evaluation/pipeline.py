@@ -452,7 +452,7 @@ def propagate_sequence(plan: SequencePlan, benchmark: Benchmark, extractor, sett
         writer = IndexPngWriter(folder)
         stream = propagate_stream(
             feature_stream(plan, extractor, settings, progress), label0, settings.protocol, late=late or None,
-            **params,
+            ties=settings.options["ties"], **params,
         )
         for frame, result in zip(plan.frames, stream):
             if frame in written:
@@ -481,7 +481,8 @@ def propagate_keypoints(plan: SequencePlan, extractor, settings, out: Path, prog
         heatmaps = jhmdb_first_heatmaps(mat, plan.label_size)
     writer = KeypointWriter()
     stream = propagate_stream(
-        feature_stream(plan, extractor, settings, progress), heatmaps, settings.protocol, **params
+        feature_stream(plan, extractor, settings, progress), heatmaps, settings.protocol,
+        ties=settings.options["ties"], **params,
     )
     for t, result in enumerate(stream):
         if t == 0 and first is not None:

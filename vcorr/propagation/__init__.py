@@ -13,7 +13,9 @@ crw: ``cxt_size, radius, topk, temp`` (+ ``num_channels=20``); stt: ``precede, t
 nrange, with_first_neighbor=True, output_size=None`` (the frame size
 when the labels come at the input size, `vcorr.propagation.stt_labels`); both: ``tile_size=None`` (query tile
 (rows, cols), speed only; None picks one by context size) and
-``affinity_dtype="float32"`` (opt-in "float16" / "bfloat16" affinities; not exact).
+``affinity_dtype="float32"`` (opt-in "float16" / "bfloat16" affinities; not exact) and
+``ties="cpu"`` (whose torch.topk choice among exact affinity ties to reproduce, the originals'
+on the CPU or "cuda"; `vcorr.propagation.affinity`).
 """
 
 from __future__ import annotations

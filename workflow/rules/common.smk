@@ -503,13 +503,15 @@ def propagation_settings(wildcards):
     propagation.set) reruns that benchmark's propagation and scoring and nothing else. Canonical
     JSON (sorted keys): reordering or reformatting the YAML is no change.
     """
+    from vcorr.evaluation.methods import METHOD_OPTIONS
+
     method = EVALUATED[wildcards.method]
     settings = {
         "encoders": method["encoders"],
         "fusion": method.get("fusion"),
         "input": method["input"],
         "protocol": method["protocol"],
-        "options": {key: method[key] for key in ("zero_image_bn_update",) if key in method},
+        "options": {key: method[key] for key in METHOD_OPTIONS if key in method},
         "benchmark": method_settings(wildcards.benchmark, wildcards.method),
         "overrides": config["propagation"]["set"].get(wildcards.benchmark, {}),
     }
