@@ -78,7 +78,7 @@ def test_propagate_then_score_davis_identical_frames_score_one(davis, tmp_path, 
         assert np.array_equal(read_index_png(path), two_bands())
     record = json.loads((out / ".vcorr-propagate.json").read_text())
     assert record["settings"] == {"protocol": "crw", "cxt_size": 20, "radius": 12, "topk": 10, "temp": 0.05, "size": None,
-                                  "zero_image_bn_update": False}
+                                  "zero_image_bn_update": False, "ties": "cpu"}
     assert record["benchmark_sequences"] == ["still", "moving", "third"]
 
     scores = tmp_path / "scores.json"
