@@ -44,36 +44,26 @@ def _agreement(ours: Path, official: Path) -> dict[str, float]:
     return agreement
 
 
-@needs_fixtures
-@pytest.mark.slow
-def test_hvc_box_a_equals_hvc(tmp_path):
-    case = E2E / "hvc-box-a"
-    _propagate(tmp_path, "davis17", case / "davis", "hvc_release_coco", case / "weights")
-    agreement = _agreement(tmp_path / "boxslic", case / "official" / "boxslic")
-    assert len(agreement) == 10
-    assert min(agreement.values()) >= 0.9999, agreement
+# (fixture, benchmark, data folder, method, weights fixture, sequence, frames, frame 0, minimum
+# agreement). Frame 0 of Spa-then-Temp is the annotation's round trip through its input size.
+ID_MAP_CASES = {
+    "hvc-box-a": ("davis17", "davis", "hvc_release_coco", "hvc-box-a", "boxslic", 10, "00000.png", 0.9999),
+    "stt-box-b": ("davis17", "davis", "stt_release_r18_s8", "stt-box-b", "boxslic", 10, "00000.png", 0.9995),
+    "stt-vip-a": ("vip", "VIP_Fine", "stt_release_r18_s8", "stt-box-b", "videos338", 8, "000000.png", 0.9995),
+}
 
 
 @needs_fixtures
 @pytest.mark.slow
-def test_stt_box_b_equals_spa_then_temp_davis(tmp_path):
-    case = E2E / "stt-box-b"
-    _propagate(tmp_path, "davis17", case / "davis", "stt_release_r18_s8", case / "weights")
-    agreement = _agreement(tmp_path / "boxslic", case / "official" / "boxslic")
-    assert len(agreement) == 10
-    assert agreement["00000.png"] == 1.0  # frame 0: the annotation's round trip through 587x480
-    assert min(agreement.values()) >= 0.9995, agreement
-
-
-@needs_fixtures
-@pytest.mark.slow
-def test_stt_vip_a_equals_spa_then_temp_vip(tmp_path):
-    case = E2E / "stt-vip-a"
-    _propagate(tmp_path, "vip", case / "VIP_Fine", "stt_release_r18_s8", E2E / "stt-box-b" / "weights")
-    agreement = _agreement(tmp_path / "videos338", case / "official" / "videos338")
-    assert len(agreement) == 8
-    assert agreement["000000.png"] == 1.0
-    assert min(agreement.values()) >= 0.9995, agreement
+@pytest.mark.parametrize("case_name", list(ID_MAP_CASES))
+def test_ids_equal_the_originals_on_every_frame(tmp_path, case_name):
+    benchmark, data, method, weights, sequence, frames, frame0, minimum = ID_MAP_CASES[case_name]
+    case = E2E / case_name
+    _propagate(tmp_path, benchmark, case / data, method, E2E / weights / "weights")
+    agreement = _agreement(tmp_path / sequence, case / "official" / sequence)
+    assert len(agreement) == frames
+    assert agreement[frame0] == 1.0
+    assert min(agreement.values()) >= minimum, agreement
 
 
 def _jhmdb_distances(out: Path, *extra: str) -> np.ndarray:

@@ -108,6 +108,7 @@ def cross_protocol_cells(
     """Every (method, protocol, benchmark) cell, benchmark-major, then method, then protocol."""
     from vcorr.evaluation.methods import PROTOCOL_PARAMS
 
+    references = {protocol: reference_settings(protocol, registry, protocols) for protocol in PROTOCOL_PARAMS}
     cells = []
     for benchmark in benchmarks:
         for base in methods:
@@ -120,7 +121,7 @@ def cross_protocol_cells(
                         "" if supported else f"method {base} has no settings for {benchmark} in methods.yaml",
                     ))  # fmt: skip
                     continue
-                settings = reference_settings(protocol, registry, protocols)
+                settings = references[protocol]
                 if benchmark in settings:
                     cells.append(Cell(base, protocol, benchmark, f"{base}{SEPARATOR}{protocol}", settings[benchmark][0]))
                 else:
