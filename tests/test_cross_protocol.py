@@ -1,5 +1,5 @@
 """The cross-protocol table's building blocks: `<method>@<protocol>` variants, the cell list and
-the table (vcorr.evaluation.cross_protocol); the workflow run is in test_workflow.py."""
+the table (vcorr.evaluation.cross_protocol, vcorr.report.cross_protocol_table); the workflow run is in test_workflow.py."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ from vcorr.evaluation.cross_protocol import (
     cross_protocol_cells,
     protocol_variants,
     variant_entry,
-    write_cross_protocol_table,
 )
 from vcorr.evaluation.methods import load_method
+from vcorr.report.cross_protocol_table import write_cross_protocol_table
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -132,7 +132,8 @@ class _VideowalkTrunk(nn.Module):
 
 
 def test_videowalk_checkpoint_loaded_after_its_dummy_passes(tmp_path):
-    from vcorr.features import FeatureExtractor, normalise_frames
+    from vcorr.features import FeatureExtractor
+    from vcorr.models.preprocess import normalise_frames
     from vcorr.evaluation.methods import load_method
 
     torch.manual_seed(0)

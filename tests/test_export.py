@@ -11,7 +11,8 @@ import pytest
 
 from vcorr.cli import main
 from vcorr.errors import VcorrError
-from vcorr.export import export_submission, record_path
+from vcorr.evaluation.records import record_path
+from vcorr.report.submission import export_submission
 from vcorr.io import read_index_png, write_index_png
 
 

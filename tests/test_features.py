@@ -9,8 +9,10 @@ import torch
 import torch.nn.functional as F
 
 from vcorr.errors import VcorrError
-from vcorr.evaluation.methods import feature_config
-from vcorr.features import FeatureExtractor, fuse_hvc, normalise_frames, resolve_device
+from vcorr.device import resolve_device
+from vcorr.features import FeatureExtractor, fuse_hvc
+from vcorr.models.config import feature_config
+from vcorr.models.preprocess import normalise_frames
 from vcorr.models import build_encoder
 from vcorr.models.weights import save_weights
 

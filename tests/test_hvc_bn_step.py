@@ -11,7 +11,8 @@ from torch import nn
 from torchvision.models import resnet as tv_resnet
 
 from vcorr.features import FeatureExtractor
-from vcorr.evaluation.methods import feature_config, load_method, validate_method
+from vcorr.evaluation.methods import load_method, validate_method
+from vcorr.models.config import feature_config
 from vcorr.models import build_encoder
 from vcorr.models.weights import load_weights
 from vcorr.models.hvc_bn import zero_image_bn_update
@@ -115,7 +116,7 @@ def test_step_changes_features_and_off_equals_plain_load(tmp_path):
 
     plain = build_encoder("hvc_r18")
     load_weights(plain, tmp_path / "hvc.pth", "hvc")
-    from vcorr.features import normalise_frames
+    from vcorr.models.preprocess import normalise_frames
 
     with torch.no_grad():
         expected = plain.eval()(normalise_frames(frame, "imagenet_rgb"))[0]

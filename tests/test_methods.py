@@ -12,7 +12,9 @@ import yaml
 
 from vcorr.data.benchmarks import benchmark_names
 from vcorr.errors import VcorrError
-from vcorr.evaluation.methods import PROTOCOL_DEFAULTS, load_method, parse_overrides
+from vcorr.config import parse_overrides
+from vcorr.evaluation.methods import load_method
+from vcorr.propagation.parameters import PROTOCOL_DEFAULTS
 from vcorr.config import load_registry
 
 RANDOM_METHOD = {

@@ -22,8 +22,8 @@ from scipy import ndimage
 from vcorr.cli import main
 from vcorr.errors import VcorrError
 from vcorr.io import write_index_png
-from vcorr.report import SUMMARY_FIXED, SUMMARY_TAIL
-from vcorr.report_figures import (
+from vcorr.report.results import SUMMARY_FIXED, SUMMARY_TAIL
+from vcorr.report.figures import (
     STRIP_CAPTION_PX,
     STRIP_GAP_PX,
     loss_curves,

@@ -22,9 +22,8 @@ import torch.multiprocessing as mp
 from torch.utils.data import Dataset
 
 from train_fixtures import CONFIG, METHOD, TINY, free_port, run_torchrun, train_command, write_images
-from vcorr.train import distributed, method_module
+from vcorr.train import distributed, load_config, method_module
 from vcorr.train.checkpoint import checkpoint_path, load_checkpoint
-from vcorr.train.config import load_config
 from vcorr.train.loop import make_loader, prepare, train, train_one_epoch
 
 SAME_STATISTICS = [*TINY, "crop_scale=[1.0, 1.0]", "crop_ratio=[1.0, 1.0]", "batch_size=8", "max_steps=1"]

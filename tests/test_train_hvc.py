@@ -19,7 +19,7 @@ from vcorr.errors import VcorrError
 from vcorr.models.weights import load_weights
 from vcorr.models.encoders import build_encoder
 from vcorr.train import hvc
-from vcorr.train.config import load_config
+from vcorr.train import load_config
 from vcorr.train.hvc import HVC, Config, FlowHead, hybrid_loss, momentum_at, positive_pairs
 from train_fixtures import one_thread  # noqa: F401 (autouse: one intra-op thread)
 

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from train_fixtures import CONFIG, METHOD, assert_identical, run_train, run_train_process, write_images
 from vcorr.errors import VcorrError
 from vcorr.train.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
-from vcorr.train.config import load_config
+from vcorr.train import load_config
 from vcorr.train.data import (RandomResizedCropBox, ResumableSampler, TwoViewImages, frames_per_video,
                               normalised_box, sample_generator)
 

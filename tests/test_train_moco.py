@@ -20,7 +20,7 @@ from vcorr.errors import VcorrError
 from vcorr.models import build_encoder
 from vcorr.models.weights import load_weights
 from vcorr.train import moco
-from vcorr.train.config import load_config
+from vcorr.train import load_config
 from train_fixtures import one_thread  # noqa: F401 (autouse: one intra-op thread)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

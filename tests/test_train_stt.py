@@ -25,7 +25,7 @@ from vcorr.models.weights import load_weights
 from vcorr.models.encoders import EncoderSpec, ResNetEncoder
 from vcorr.train import correlation, stt
 from vcorr.train.checkpoint import checkpoint_path, load_checkpoint
-from vcorr.train.config import load_config
+from vcorr.train import load_config
 
 FIXTURES = REPO_ROOT.parent / "shared" / "testdata" / "train"
 

@@ -124,15 +124,18 @@ def test_a_folder_made_by_other_code_or_version_is_refused(davis, tmp_path, caps
 
 def test_prediction_code_digest_follows_the_propagation_source(tmp_path, monkeypatch):
     import vcorr.evaluation.pipeline as pipeline
+    import vcorr.provenance as provenance
 
     package = tmp_path / "vcorr"
-    shutil.copytree(Path(pipeline.__file__).resolve().parents[1], package)
-    monkeypatch.setattr(pipeline, "__file__", str(package / "evaluation" / "pipeline.py"))
+    shutil.copytree(provenance.PACKAGE_DIR, package)
+    monkeypatch.setattr(provenance, "PACKAGE_DIR", package)
     original = pipeline.prediction_code_digest()
-    (package / "report.py").write_text("# not prediction code\n")
+    (package / "report" / "results.py").write_text("# not prediction code\n")
     assert pipeline.prediction_code_digest() == original
     protocols = package / "propagation" / "protocols.py"
     protocols.write_text(protocols.read_text() + "\n# edited\n")
+    assert pipeline.prediction_code_digest() == original
+    protocols.write_text(protocols.read_text() + "\nEDITED = 1\n")
     assert pipeline.prediction_code_digest() != original
 
 
@@ -262,7 +265,7 @@ def test_cuda_on_a_cpu_machine_leaves_no_output_folder(davis, tmp_path, capsys):
     out = tmp_path / "pred"
     assert main(["propagate", "--benchmark", "davis17", "--data-root", str(davis), "--out", str(out),
                  "--method-config", "random_r18", "--device", "cuda"]) == 2
-    assert "no CUDA device" in capsys.readouterr().err
+    assert "--device cuda: CUDA is not available" in capsys.readouterr().err
     assert not out.exists()
 
 

@@ -14,7 +14,7 @@ import pytest
 from vcorr.cli import main
 from vcorr.errors import VcorrError
 from vcorr.config import load_registry
-from vcorr.report import build_result, find_headlines, read_timing, write_summary
+from vcorr.report.results import build_result, find_headlines, read_timing, write_summary
 
 TINY_REGISTRIES = Path(__file__).resolve().parents[1] / ".test" / "config"
 TIMING_HEADER = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
@@ -149,7 +149,7 @@ def test_official_crosscheck_says_how_to_get_the_official_tool(tmp_path, monkeyp
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_davis2017)
-    from vcorr.report import crosscheck_davis
+    from vcorr.report.results import crosscheck_davis
 
     with pytest.raises(VcorrError, match="davis2017-eval.yaml"):
         crosscheck_davis(tmp_path, tmp_path, "val", tmp_path / "scores.json")

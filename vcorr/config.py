@@ -1,21 +1,87 @@
-"""The YAML registries under `config/` (datasets, benchmarks, methods), found one documented way.
+"""The YAML registries under `config/` (datasets, benchmarks, methods, ...), found one documented
+way, and the one way vcorr reads a YAML value: registries, method and training files, `--set`.
 
 Lookup order for the config folder: `$VCORR_CONFIG_DIR`, then `./config` when the current folder
 holds one (a checkout, where Snakemake runs), then the `config/` of the checkout this package was
 installed from (editable installs).
+
+Numbers as people write them: YAML 1.1 (PyYAML) reads `1e-4`, `1e30` or `3E-5` as strings, since
+its floats need a dot and a signed exponent. vcorr's loader reads every decimal number with an
+exponent as a float (YAML 1.2's rule), everywhere vcorr reads YAML.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from vcorr.errors import VcorrError
 
 _CHECKOUT_CONFIG = Path(__file__).resolve().parents[1] / "config"
+# Decimal numbers with an exponent that YAML 1.1's float pattern misses (no dot, or no sign).
+_EXPONENT_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
+
+
+def _with_exponent_floats(base: type) -> type:
+    loader = type(f"Vcorr{base.__name__}", (base,), {})
+    loader.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("-+0123456789."))
+    return loader
+
+
+# libyaml's loader when present (the workflow reads the registries on every invocation).
+YAML_LOADER = _with_exponent_floats(getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+
+
+def load_yaml_text(text: str) -> Any:
+    """YAML text as vcorr reads it (exponent floats included); raises yaml.YAMLError."""
+    return yaml.load(text, Loader=YAML_LOADER)
+
+
+def read_yaml(path: Path, what: str):
+    """A YAML file's content; a missing file or bad YAML is an error naming the file."""
+    try:
+        return load_yaml_text(Path(path).read_text())
+    except FileNotFoundError:
+        raise VcorrError(f"{path}: {what} missing") from None
+    except yaml.YAMLError as error:
+        raise VcorrError(f"{path}: invalid YAML ({error})") from None
+
+
+def with_exponent_floats(value: Any) -> Any:
+    """`value` with every string that vcorr's loader reads as a float made one (for values read
+    by another YAML reader, e.g. Snakemake's config); containers are converted item by item."""
+    if isinstance(value, dict):
+        return {key: with_exponent_floats(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [with_exponent_floats(item) for item in value]
+    if isinstance(value, str) and _EXPONENT_FLOAT.match(value):
+        return float(value.replace("_", ""))
+    return value
+
+
+def is_int(value: Any) -> bool:
+    """An integer that is not a bool (YAML `yes` would otherwise pass as 1)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """`KEY=VALUE` strings to a dict; values are parsed as YAML (3, 0.05, 1e-4, true, null, [320, 320])."""
+    overrides = {}
+    for item in items:
+        key, separator, text = item.partition("=")
+        key = key.strip()
+        if not separator or not key:
+            raise VcorrError(f"--set {item!r}: expected KEY=VALUE")
+        try:
+            overrides[key] = load_yaml_text(text)
+        except yaml.YAMLError as error:
+            raise VcorrError(f"--set {item!r}: value is not valid YAML ({error})") from None
+    return overrides
 
 
 def config_dir() -> Path:
@@ -26,16 +92,6 @@ def config_dir() -> Path:
         "no config folder found: set VCORR_CONFIG_DIR or run from a vcorr checkout "
         f"(looked in $VCORR_CONFIG_DIR, ./config and {_CHECKOUT_CONFIG})"
     )
-
-
-def read_yaml(path: Path, what: str):
-    """A YAML file's content; a missing file or bad YAML is an error naming the file."""
-    try:
-        return yaml.safe_load(Path(path).read_text())
-    except FileNotFoundError:
-        raise VcorrError(f"{path}: {what} missing") from None
-    except yaml.YAMLError as error:
-        raise VcorrError(f"{path}: invalid YAML ({error})") from None
 
 
 @lru_cache(maxsize=None)

@@ -1,16 +1,10 @@
-"""Frames -> normalised network input -> features, for one encoder or HVC's fused pair.
+"""Frames -> normalised network input (`vcorr.models.preprocess`) -> features, for one encoder or
+HVC's fused pair.
 
-The extractor takes a method's validated `vcorr.evaluation.methods.FeatureConfig` (its encoders,
+The extractor takes a method's validated `vcorr.models.config.FeatureConfig` (its encoders,
 fusion and input); each encoder's checkpoint path comes from `WeightsSource.resolve`, and
 `weights: null` means a random initialisation drawn with `seed` (so a "random" baseline is the
 same network on every run and machine).
-
-Input normalisations, reproducing the seeds' test pipelines on uint8 RGB frames:
-- `imagenet_rgb` (HVC, videowalk): torchvision `ToTensor` (/255) then `Normalize` with the
-  ImageNet mean/std, in float32.
-- `lab` (Spa-then-Temp): `cv2.cvtColor(float32(frame) / 255, COLOR_RGB2Lab)` (L in [0, 100]),
-  then mmcv's in-place normalisation (OpenCV subtract of the mean, multiply by 1/std), mean
-  (50, 0, 0), std (50, 127, 127).
 
 Features of a frame whose size is not a multiple of the stride follow the convolution arithmetic
 of the originals (each stride-2 layer gives floor((n - 1) / 2) + 1): 480x854 -> 60x107 at stride 8.
@@ -25,68 +19,16 @@ import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vcorr.device import resolve_device
 from vcorr.errors import VcorrError
-from vcorr.evaluation.methods import INPUTS, FeatureConfig
+from vcorr.models.config import FeatureConfig
+from vcorr.models.preprocess import normalise_frames
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-LAB_MEAN = (50.0, 0.0, 0.0)
-LAB_STD = (50.0, 127.0, 127.0)
 HVC_FUSION_WEIGHT = 1.05
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """`auto` = CUDA when available, else CPU; `cuda` without a GPU is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cpu":
-        return torch.device("cpu")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise VcorrError(f"device {name!r} requested but no CUDA device is available")
-        return torch.device(name)
-    raise VcorrError(f"unknown device {name!r}; expected auto, cpu or cuda")
-
-
-def _check_frames(frames: np.ndarray) -> None:
-    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
-        raise VcorrError(
-            f"frames must be uint8 RGB arrays of shape HxWx3 (or NxHxWx3), got "
-            f"{frames.dtype} {tuple(frames.shape)}"
-        )
-
-
-def _rgb_to_normalised_lab(frame: np.ndarray) -> np.ndarray:
-    """Spa-then-Temp's RGB2LAB + Normalize pipeline steps on one HxWx3 uint8 RGB frame."""
-    lab = cv2.cvtColor(np.float32(frame) / 255.0, cv2.COLOR_RGB2Lab)
-    # mmcv.imnormalize_ works in place with OpenCV arithmetic against float64 scalars.
-    mean = np.float64(np.array(LAB_MEAN).reshape(1, -1))
-    inverse_std = 1.0 / np.float64(np.array(LAB_STD).reshape(1, -1))
-    cv2.subtract(lab, mean, lab)
-    cv2.multiply(lab, inverse_std, lab)
-    return lab
-
-
-def normalise_frames(frames: np.ndarray, input: str) -> torch.Tensor:
-    """uint8 RGB `[N, H, W, 3]` (or `[H, W, 3]`) -> float32 network input `[N, 3, H, W]` (CPU)."""
-    frames = np.asarray(frames)
-    if frames.ndim == 3:
-        frames = frames[None]
-    _check_frames(frames)
-    if input == "imagenet_rgb":
-        images = torch.from_numpy(frames).permute(0, 3, 1, 2).to(torch.float32).div(255)
-        mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(1, 3, 1, 1)
-        return images.sub(mean).div(std)
-    if input == "lab":
-        lab = np.stack([_rgb_to_normalised_lab(frame) for frame in frames])
-        return torch.from_numpy(lab).permute(0, 3, 1, 2).contiguous()
-    raise VcorrError(f"unknown input normalisation {input!r}; expected one of {', '.join(INPUTS)}")
 
 
 def fuse_hvc(hvc: torch.Tensor, moco: torch.Tensor, weight: float = HVC_FUSION_WEIGHT) -> torch.Tensor:
@@ -122,7 +64,7 @@ class FeatureExtractor:
         from vcorr.models import build_encoder
         from vcorr.models.weights import load_weights
 
-        self.device = device if isinstance(device, torch.device) else resolve_device(device)
+        self.device = resolve_device(device)
         self.input = features.input
         self.fusion = features.fusion
         self.fusion_weight = fusion_weight

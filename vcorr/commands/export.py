@@ -27,7 +27,7 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from vcorr.data.benchmarks import benchmark
-    from vcorr.export import export_submission
+    from vcorr.report.submission import export_submission
 
     summary = export_submission(args.benchmark, args.predictions, args.out)
     url = (benchmark(args.benchmark).server or {}).get("url", "the benchmark's server")

@@ -93,7 +93,7 @@ def add_parser(subparsers) -> None:
 
 
 def run_result(args: argparse.Namespace) -> int:
-    from vcorr.report import write_result
+    from vcorr.report.results import write_result
 
     result = write_result(
         args.out,
@@ -110,14 +110,15 @@ def run_result(args: argparse.Namespace) -> int:
 
 
 def run_summary(args: argparse.Namespace) -> int:
-    from vcorr.report import write_summary
+    from vcorr.report.results import write_summary
 
     print(f"{args.out}: {write_summary(args.results, args.out)} results")
     return 0
 
 
 def run_cross_protocol(args: argparse.Namespace) -> int:
-    from vcorr.evaluation.cross_protocol import registry_cells, write_cross_protocol_table
+    from vcorr.evaluation.cross_protocol import registry_cells
+    from vcorr.report.cross_protocol_table import write_cross_protocol_table
 
     cells = registry_cells(args.methods, args.benchmarks)
     rows = write_cross_protocol_table(cells, args.results, args.out)
@@ -129,7 +130,7 @@ def run_cross_protocol(args: argparse.Namespace) -> int:
 
 def run_crosscheck(args: argparse.Namespace) -> int:
     from vcorr.io import write_json
-    from vcorr.report import crosscheck_davis
+    from vcorr.report.results import crosscheck_davis
 
     write_json(args.out, crosscheck_davis(args.data_root, args.predictions, args.subset, args.scores, args.tolerance))
     print(f"{args.out}: vcorr and davis2017-evaluation agree")
@@ -150,7 +151,7 @@ def _named(values: list[str], what: str) -> dict[str, str]:
 
 
 def run_score_chart(args: argparse.Namespace) -> int:
-    from vcorr.report_figures import score_chart
+    from vcorr.report.figures import score_chart
 
     drawn = score_chart(args.table, args.out, metrics=args.metrics)
     print(f"{args.out}: {', '.join(drawn)}")
@@ -158,7 +159,7 @@ def run_score_chart(args: argparse.Namespace) -> int:
 
 
 def run_loss_curves(args: argparse.Namespace) -> int:
-    from vcorr.report_figures import loss_curves
+    from vcorr.report.figures import loss_curves
 
     terms = loss_curves(_named(args.stages, "STAGE=metrics.csv"), args.out)
     print(f"{args.out}: " + "; ".join(f"{stage} ({', '.join(names)})" for stage, names in terms.items()))
@@ -167,7 +168,7 @@ def run_loss_curves(args: argparse.Namespace) -> int:
 
 def run_overlay(args: argparse.Namespace) -> int:
     from vcorr.errors import VcorrError
-    from vcorr.report_figures import overlay_strip, sequence_folders
+    from vcorr.report.figures import overlay_strip, sequence_folders
 
     if args.benchmark and args.root and args.sequence and not (args.frames or args.truth):
         frames, truth = sequence_folders(args.benchmark, args.root, args.sequence)
@@ -181,7 +182,7 @@ def run_overlay(args: argparse.Namespace) -> int:
 
 
 def run_page(args: argparse.Namespace) -> int:
-    from vcorr.report_figures import write_report_page
+    from vcorr.report.figures import write_report_page
 
     images = {heading: value.split(",") for heading, value in _named(args.images, "HEADING=FILE[,FILE...]").items()}
     write_report_page(args.out, tables=_named(args.tables, "HEADING=FILE.csv"), images=images, title=args.title)

@@ -37,7 +37,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vcorr.train.config import load_config
+    from vcorr.train import load_config
     from vcorr.train.loop import TrainingInterrupted, train
 
     config = load_config(args.method, args.config, args.overrides)

@@ -82,7 +82,7 @@ def _ytvos_sequences(root: Path, entry: Benchmark) -> list[_Sequence]:
 
 def _jhmdb_sequences(root: Path, entry: Benchmark) -> list[_Sequence]:
     images = require(root / "Rename_Images", "JHMDB frames folder")
-    joints = require(root / "joint_positions", "JHMDB joint positions folder")
+    require(root / "joint_positions", "JHMDB joint positions folder")
     return [
         _Sequence(clip, images / clip, ".png", clip_annotation=jhmdb_joints_file(root, clip))
         for clip in jhmdb_split_clips(entry.sequence_list(root))

@@ -16,18 +16,15 @@ plans exactly the variants `vcorr propagate --method-config <method>@<protocol>`
 from __future__ import annotations
 
 import copy
-import csv
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Sequence
 
 from vcorr.errors import VcorrError
+from vcorr.propagation.parameters import PROTOCOL_PARAMS
 
 SEPARATOR = "@"
 # Column `settings` of a cell evaluated with the method's own settings.
 OWN_SETTINGS = "own"
-# The table's columns beyond the summary's that describe a cell rather than measure it.
-CELL_COLUMNS = ("protocol", "settings", "note")
 
 
 def split_name(name: str) -> tuple[str, str | None]:
@@ -106,8 +103,6 @@ def cross_protocol_cells(
     methods: Sequence[str], benchmarks: Sequence[str], registry: dict[str, Any], protocols: dict[str, Any]
 ) -> list[Cell]:
     """Every (method, protocol, benchmark) cell, benchmark-major, then method, then protocol."""
-    from vcorr.evaluation.methods import PROTOCOL_PARAMS
-
     references = {protocol: reference_settings(protocol, registry, protocols) for protocol in PROTOCOL_PARAMS}
     cells = []
     for benchmark in benchmarks:
@@ -145,38 +140,3 @@ def registry_cells(methods: Sequence[str], benchmarks: Sequence[str]) -> list[Ce
         if unknown:
             raise VcorrError(f"unknown {what[:-1]} '{unknown[0]}' (not in {config_dir() / (what + '.yaml')})")
     return cross_protocol_cells(methods, benchmarks, registry, protocols)
-
-
-def write_cross_protocol_table(cells: Sequence[Cell], result_files: Sequence[Path], out: Path) -> int:
-    """The table: one row per cell, scores from the result JSON of its evaluated method (`vcorr
-    report result`), an empty score and the reason for a cell that cannot be evaluated. A cell
-    whose result is not among `result_files`, or a result no cell asks for, is an error."""
-    from vcorr.io import atomic_file
-    from vcorr.report import SUMMARY_FIXED, SUMMARY_TAIL, summary_rows
-
-    _, rows = summary_rows(result_files)
-    by_pair = {(row["benchmark"], row["method"]): row for row in rows}
-    wanted = {(cell.benchmark, cell.evaluated_as) for cell in cells if cell.evaluated_as}
-    extra = sorted(set(by_pair) - wanted)
-    if extra:
-        raise VcorrError(f"{by_pair[extra[0]]['result']}: result of {extra[0][1]} on {extra[0][0]} is no cell of the table")
-    metrics: list[str] = []
-    table = []
-    for cell in cells:
-        row = {"benchmark": cell.benchmark, "method": cell.method, "protocol": cell.protocol, "settings": cell.settings}
-        if cell.evaluated_as is None:
-            row.update(status="not evaluated", note=cell.note)
-        else:
-            found = by_pair.get((cell.benchmark, cell.evaluated_as))
-            if found is None:
-                raise VcorrError(f"{out}: no result given for {cell.evaluated_as} on {cell.benchmark}")
-            row.update({key: value for key, value in found.items() if key not in ("benchmark", "method")})
-            metrics += [key for key in found if key not in (*SUMMARY_FIXED, *SUMMARY_TAIL, *metrics)]
-        table.append(row)
-    columns = ["benchmark", "method", *CELL_COLUMNS[:2], "status", *metrics, "result", CELL_COLUMNS[2]]
-    with atomic_file(out) as temporary:
-        with open(temporary, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=columns, restval="", extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(table)
-    return len(table)

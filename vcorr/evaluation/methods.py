@@ -14,108 +14,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from vcorr.config import config_dir, is_int, load_registry, parse_overrides, read_yaml
 from vcorr.errors import VcorrError
-from vcorr.config import config_dir, load_registry
 from vcorr.evaluation.cross_protocol import check_protocols, split_name, variant_entry
-
-INPUTS = ("imagenet_rgb", "lab")
-FUSIONS = (None, "hvc")
-# How many encoders each fusion combines.
-FUSION_ENCODERS = {None: 1, "hvc": 2}
-
-# Parameters of each protocol (propagation.md) and the type each must have. A bool is not
-# accepted where a number is expected (YAML `yes` would otherwise pass as 1).
-PROTOCOL_PARAMS: dict[str, dict[str, type | tuple[type, ...]]] = {
-    "crw": {"cxt_size": int, "radius": (int, float), "topk": int, "temp": (int, float)},
-    "stt": {"precede": int, "topk": int, "temp": (int, float), "nrange": int, "with_first_neighbor": bool},
-}
-PROTOCOL_DEFAULTS: dict[str, dict[str, Any]] = {"crw": {}, "stt": {"with_first_neighbor": True}}
+from vcorr.models.config import EncoderConfig, FeatureConfig, feature_config
+from vcorr.propagation.parameters import PROTOCOL_DEFAULTS, PROTOCOL_PARAMS, TIE_RULES
 
 # Method options: switches of the method's pipeline (not of its protocol), set in the method's
 # entry and overridable per run with `--set`. Each maps to (type, default for a method).
 # zero_image_bn_update: HVC's post-load BN step (vcorr.models.hvc_bn); on by default for methods
 # that use HVC's test-time fusion, i.e. HVC's published pipeline (models/encoder.py make_encoder).
 # ties: whose torch.topk choice among exact affinity ties propagation reproduces, the originals'
-# run on the CPU ("cpu", as ../shared/testdata's references were made) or on a GPU ("cuda");
-# vcorr.propagation.affinity.TIE_RULES.
+# run on the CPU or on a GPU (vcorr.propagation.parameters.TIE_RULES).
 METHOD_OPTIONS: dict[str, tuple[type, Any]] = {
     "zero_image_bn_update": (bool, lambda data: data.get("fusion") == "hvc"),
     "ties": (str, lambda data: "cpu"),
 }
-
-
-@dataclass(frozen=True)
-class WeightsSource:
-    """Where an encoder's checkpoint is: a registry download, `<weights_root>/<id>/<file>`
-    (`{id, file, format}`), or a file the workflow itself produces, e.g. a trained model under
-    `results/` (`{path, format}`, relative to the working directory)."""
-
-    format: str  # a checkpoint format of vcorr.models.weights.FORMATS
-    id: str | None = None
-    file: str | None = None
-    path: str | None = None
-
-    def resolve(self, weights_root: str | Path | None) -> Path:
-        """The one place a checkpoint's path is built."""
-        if self.path is not None:
-            return Path(self.path)
-        if weights_root is None:
-            raise VcorrError(f"weights {self.id}/{self.file} need a weights root, none was given")
-        return Path(weights_root) / self.id / self.file
-
-    def how_to_get(self) -> str:
-        if self.path is not None:
-            return "a file the workflow produces: run the step that writes it first"
-        return f"get them with `vcorr data fetch {self.id}` then `vcorr data extract {self.id}`, or pass --weights-root"
-
-    def as_dict(self) -> dict[str, str]:
-        if self.path is not None:
-            return {"path": self.path, "format": self.format}
-        return {"id": self.id, "file": self.file, "format": self.format}
-
-
-@dataclass(frozen=True)
-class EncoderConfig:
-    arch: str  # a vcorr.models.build_encoder name
-    weights: WeightsSource | None = None  # None: random initialisation drawn with `seed`
-    seed: int | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        entry: dict[str, Any] = {"arch": self.arch, "weights": self.weights.as_dict() if self.weights else None}
-        if self.seed is not None:
-            entry["seed"] = self.seed
-        return entry
-
-
-@dataclass(frozen=True)
-class FeatureConfig:
-    """What turns frames into features: the encoder(s), their fusion and input normalisation.
-    Validated when built (`feature_config`); `vcorr.features.FeatureExtractor` takes it as given."""
-
-    encoders: tuple[EncoderConfig, ...]
-    fusion: str | None = None
-    input: str = "imagenet_rgb"
-
-
-def feature_config(
-    encoders: Any, fusion: Any = None, input: Any = "imagenet_rgb", source: str = "method config"
-) -> FeatureConfig:
-    """`encoders` as method configs write them (a list of mappings), checked, as a FeatureConfig."""
-    if input not in INPUTS:
-        raise VcorrError(f"{source}: input '{input}' is not one of {', '.join(INPUTS)}")
-    if fusion not in FUSIONS:
-        raise VcorrError(f"{source}: fusion '{fusion}' is not null or hvc")
-    if not isinstance(encoders, list) or not encoders:
-        raise VcorrError(f"{source}: encoders must be a non-empty list")
-    expected = FUSION_ENCODERS[fusion]
-    if fusion is not None and len(encoders) != expected:
-        raise VcorrError(f"{source}: fusion {fusion} fuses exactly two encoders: needs {expected}, {len(encoders)} given")
-    if fusion is None and len(encoders) != expected:
-        raise VcorrError(f"{source}: {len(encoders)} encoders need a fusion (hvc)")
-    parsed = tuple(_encoder_config(encoder, f"{source}: encoders[{index}]") for index, encoder in enumerate(encoders))
-    return FeatureConfig(parsed, fusion, input)
 
 
 @dataclass(frozen=True)
@@ -241,10 +155,7 @@ def load_method(name_or_file: str | Path) -> Method:
     if path.suffix in (".yaml", ".yml") or path.is_file():
         if not path.is_file():
             raise VcorrError(f"{path}: method config file missing")
-        try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as error:
-            raise VcorrError(f"{path}: invalid YAML ({error})") from None
+        data = read_yaml(path, "method config file")
         name = path.stem
         # A copy of a registry entry (`<name>: {encoders: ...}`) is accepted as well.
         if isinstance(data, dict) and len(data) == 1 and "encoders" not in data:
@@ -321,57 +232,21 @@ def validate_method(name: str, data: Any, source: str) -> Method:
     return method
 
 
-def _encoder_config(encoder: Any, where: str) -> EncoderConfig:
-    from vcorr.models.weights import FORMATS
-
-    if not isinstance(encoder, dict) or not isinstance(encoder.get("arch"), str) or not encoder["arch"]:
-        raise VcorrError(f"{where}: needs an arch (an encoder name of vcorr.models)")
-    unknown = sorted(set(encoder) - {"arch", "weights", "seed"})
-    if unknown:
-        raise VcorrError(f"{where}: unknown key(s) {', '.join(unknown)} (allowed: arch, weights, seed)")
-    weights = encoder.get("weights")
-    if weights is None:
-        if not _is_int(encoder.get("seed")):
-            raise VcorrError(f"{where}: a randomly initialised encoder (weights: null) needs an integer seed")
-        return EncoderConfig(encoder["arch"], None, encoder["seed"])
-    if not isinstance(weights, dict) or sorted(weights) not in (["file", "format", "id"], ["format", "path"]):
-        raise VcorrError(f"{where}.weights: must be null or {{id, file, format}} (a registry download) or {{path, format}} (a file the workflow produces)")
-    if weights["format"] not in FORMATS:
-        raise VcorrError(f"{where}.weights.format '{weights['format']}' is not one of {', '.join(FORMATS)}")
-    if "seed" in encoder:
-        raise VcorrError(f"{where}: seed is only for random init (weights: null)")
-    if "path" in weights:
-        return EncoderConfig(encoder["arch"], WeightsSource(str(weights["format"]), path=str(weights["path"])))
-    file = Path(str(weights["file"]))
-    if file.is_absolute() or ".." in file.parts:
-        raise VcorrError(f"{where}.weights.file must be a path inside resources/data/<id>/, got '{file}'")
-    return EncoderConfig(encoder["arch"], WeightsSource(str(weights["format"]), str(weights["id"]), str(weights["file"])))
-
-
 def _check_option(key: str, value: Any, where: str) -> Any:
     kind = METHOD_OPTIONS[key][0]
     if not isinstance(value, kind):
         raise VcorrError(f"{where}: {key} must be a {kind.__name__}, got {value!r}")
-    if key == "ties":
-        # Imported here: this module stays free of torch for the workflow's DAG, which never
-        # resolves method options.
-        from vcorr.propagation.affinity import TIE_RULES
-
-        if value not in TIE_RULES:
-            raise VcorrError(f"{where}: ties must be one of {', '.join(TIE_RULES)}, got {value!r}")
+    if key == "ties" and value not in TIE_RULES:
+        raise VcorrError(f"{where}: ties must be one of {', '.join(TIE_RULES)}, got {value!r}")
     return value
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _check_size(size: Any, where: str) -> None | tuple[int, int] | dict[str, int]:
     if size is None:
         return None
-    if isinstance(size, dict) and list(size) == ["short_side"] and _is_int(size["short_side"]) and size["short_side"] > 0:
+    if isinstance(size, dict) and list(size) == ["short_side"] and is_int(size["short_side"]) and size["short_side"] > 0:
         return dict(size)
-    if isinstance(size, (list, tuple)) and len(size) == 2 and all(_is_int(v) and v > 0 for v in size):
+    if isinstance(size, (list, tuple)) and len(size) == 2 and all(is_int(v) and v > 0 for v in size):
         return (int(size[0]), int(size[1]))
     raise VcorrError(f"{where}.size: must be null, [H, W] or {{short_side: N}} with positive integers, got {size!r}")
 
@@ -392,18 +267,3 @@ def _check_params(protocol: str, params: dict[str, Any], where: str) -> None:
             raise VcorrError(f"{where}.{key}: expected {names}, got {value!r}")
         if not is_bool and value <= 0:
             raise VcorrError(f"{where}.{key}: must be positive, got {value!r}")
-
-
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """`KEY=VALUE` strings to a dict; values are parsed as YAML (3, 0.05, true, null, [320, 320])."""
-    overrides = {}
-    for item in items:
-        key, separator, text = item.partition("=")
-        key = key.strip()
-        if not separator or not key:
-            raise VcorrError(f"--set {item!r}: expected KEY=VALUE")
-        try:
-            overrides[key] = yaml.safe_load(text)
-        except yaml.YAMLError as error:
-            raise VcorrError(f"--set {item!r}: value is not valid YAML ({error})") from None
-    return overrides

@@ -12,18 +12,19 @@ Outputs under `out`:
   evaluates); when the benchmark's `all_frames` folder (`valid_all_frames/` beside `valid`) is
   present, every raw frame is propagated through, as HVC does.
 - JHMDB: `<action>/<clip>.npy`, float `[2, 15, T]` (x, y) coordinates, as `vcorr score jhmdb` reads.
-- `.vcorr-propagate[.shard-I-of-N].json`: method, resolved settings, the sha256 of every
-  checkpoint read, the vcorr version and the identity of the code that made the predictions
-  (`prediction_code`: a sha256 over the source of PREDICTION_CODE), and the frames every sequence
-  of the run must have (what `vcorr export` checks).
+- `.vcorr-propagate[.shard-I-of-N].json` (`vcorr.evaluation.records`): method, resolved
+  settings, the sha256 of every checkpoint read, the vcorr version and the digest of the code
+  that made the predictions (`prediction_code_digest`), and the frames every sequence of the run
+  must have (what `vcorr export` checks).
 
 Restartable: each sequence is written into a temporary folder (file, for JHMDB) renamed into place
 when complete, so complete sequences are skipped on a rerun and partial ones redone. They are
 skipped only when the folder's records say they were made the same way: same method and settings,
 same weights (by content, wherever the file lies), same vcorr version and prediction code. Anything
 else is refused with the difference named; `force=True` (`--force`) deletes what the differing
-records describe and propagates every selected sequence anew. Any edit to the prediction code,
-even a comment, counts as other code: hashing the source never misses a change that matters.
+records describe and propagates every selected sequence anew. The code digest covers every vcorr
+module this one reaches (`vcorr.provenance`), so a change anywhere in the code that makes
+predictions counts as other code, and an edit of comments or docstrings does not.
 
 Arguments are checked before anything is written (folders, device, checkpoints): a refused run
 leaves no output folder or record behind.
@@ -31,7 +32,6 @@ leaves no output folder or record behind.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -43,24 +43,15 @@ from pathlib import Path
 
 from vcorr.data.benchmarks import Benchmark
 from vcorr.evaluation.methods import Method
+from vcorr.evaluation.records import differing_records, record_path, refuse_differing
+from vcorr.provenance import code_digest
 
-# The code that turns frames into predictions (paths inside the vcorr package; folders: every .py
-# in them). Its source's sha256 is the run record's `prediction_code`.
-PREDICTION_CODE = (
-    "evaluation/pipeline.py", "evaluation/methods.py", "features.py", "io.py", "models", "propagation",
-)
 
 
 def prediction_code_digest() -> str:
-    """sha256 over the relative path and bytes of every source file of PREDICTION_CODE."""
-    package = Path(__file__).resolve().parents[1]
-    digest = hashlib.sha256()
-    for entry in PREDICTION_CODE:
-        path = package / entry
-        for source in sorted(path.glob("*.py")) if path.is_dir() else [path]:
-            digest.update(f"{source.relative_to(package).as_posix()}\0".encode())
-            digest.update(source.read_bytes())
-    return digest.hexdigest()
+    """The digest of the code that turns frames into predictions: this module and every vcorr
+    module it reaches (`vcorr.provenance.code_digest`); the run record's `prediction_code`."""
+    return code_digest(__name__)
 
 
 def weights_digests(method: Method, weights_root: Path) -> list[dict[str, str]]:
@@ -201,60 +192,6 @@ def resolved_record(
     }
 
 
-def _comparable(record: dict) -> dict:
-    """What must agree for predictions to be reused (weights by content: the folder may move)."""
-    method = {key: value for key, value in record["method"].items() if key != "source"}
-    return {
-        "benchmark": record["benchmark"],
-        "method": method,
-        "settings": record["settings"],
-        # Keyed by encoder index; None for a record older than weights hashing.
-        "weights": {str(index): entry.get("sha256") for index, entry in enumerate(record["weights"])}
-        if isinstance(record.get("weights"), list) else None,
-        "vcorr_version": record.get("vcorr_version"),
-        "prediction_code": record.get("prediction_code"),
-    }
-
-
-def _flatten(value, prefix: str = "") -> dict[str, object]:
-    if not isinstance(value, dict) or not value:
-        return {prefix: value}
-    return {key: item for name, entry in value.items() for key, item in _flatten(entry, f"{prefix}{name}.").items()}
-
-
-def record_differences(existing: dict, record: dict) -> list[str]:
-    """`key: recorded -> now` for every comparable value that differs (digests shortened)."""
-
-    def shown(value) -> str:
-        return json.dumps(value[:12] + "..." if isinstance(value, str) and len(value) == 64 else value)
-
-    old, new = _flatten(_comparable(existing)), _flatten(_comparable(record))
-    keys = [*new, *(key for key in old if key not in new)]
-    return [f"{key.rstrip('.')}: {shown(old.get(key))} -> {shown(new.get(key))}" for key in keys if old.get(key) != new.get(key)]
-
-
-def differing_records(out: Path, record: dict) -> list[dict]:
-    """The records of `out` (one per run or shard) of predictions made otherwise than `record`."""
-    from vcorr.export import read_records
-
-    if not out.is_dir():
-        return []
-    return [existing for existing in read_records(out) if _comparable(existing) != _comparable(record)]
-
-
-def refuse_differing(out: Path, record: dict, differing: list[dict]) -> None:
-    from vcorr.errors import VcorrError
-
-    existing = differing[0]
-    changes = record_differences(existing, record)
-    if any(change.startswith("weights.") for change in changes):
-        changes.append(f"this run reads {', '.join(entry['file'] for entry in record['weights'])}")
-    raise VcorrError(
-        f"{existing['_path']}: {out} holds predictions made with other settings (recorded -> this run: "
-        f"{'; '.join(changes)}); rerun with --force to delete and redo them, or choose another --out"
-    )
-
-
 def delete_recorded(out: Path, task: str, records: list[dict]) -> None:
     """--force: the predictions and records of runs made otherwise (so none is reused later)."""
     for existing in records:
@@ -332,7 +269,6 @@ def propagate_benchmark(
 
     from vcorr.data.benchmarks import benchmark as benchmark_entry
     from vcorr.evaluation.methods import load_method
-    from vcorr.export import record_path
     from vcorr.io import check_writable, require_folder, write_json
 
     entry = benchmark_entry(benchmark)

@@ -119,22 +119,31 @@ def _rule_moco(key: str) -> tuple[str, str]:
 _MMCV_CONV_MODULE = re.compile(r"^(?P<block>(?:layer\d+\.\d+\.)?)(?P<module>conv\d|downsample)\.(?P<kind>conv|bn)\.(?P<param>.+)$")
 
 
+def mmcv_to_torchvision_key(name: str) -> str | None:
+    """An mmcv ConvModule ResNet key (`layer1.0.conv1.bn.weight`) as torchvision names it
+    (`layer1.0.bn1.weight`); None for a key of no conv module."""
+    match = _MMCV_CONV_MODULE.match(name)
+    if match is None:
+        return None
+    block, module, kind, param = match.group("block", "module", "kind", "param")
+    if module == "downsample":
+        torchvision_module = "downsample.0" if kind == "conv" else "downsample.1"
+    else:
+        torchvision_module = module if kind == "conv" else module.replace("conv", "bn")
+    return f"{block}{torchvision_module}.{param}"
+
+
 def _rule_stt(key: str) -> tuple[str, str]:
     if key.startswith("backbone_t."):
         return "ignore", "Spa-then-Temp frozen teacher"
     name = _strip(key, "backbone.")
     if name is None:
         return "unexpected", ""
-    match = _MMCV_CONV_MODULE.match(name)
-    if match is None:
+    torchvision_key = mmcv_to_torchvision_key(name)
+    if torchvision_key is None:
         # `fc.*` exists only with fc=True; anything else has no torchvision counterpart.
         return ("load", name) if name.startswith("fc.") else ("unexpected", "")
-    block, module, kind, param = match.group("block", "module", "kind", "param")
-    if module == "downsample":
-        torchvision_module = "downsample.0" if kind == "conv" else "downsample.1"
-    else:
-        torchvision_module = module if kind == "conv" else module.replace("conv", "bn")
-    return "load", f"{block}{torchvision_module}.{param}"
+    return "load", torchvision_key
 
 
 _CRW_WRAPPED_CONV = re.compile(r"(^|\.)(conv[12])\.1\.weight$")

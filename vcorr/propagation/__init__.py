@@ -20,80 +20,24 @@ on the CPU or "cuda"; `vcorr.propagation.affinity`).
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+import importlib
 
-import torch
-
-from vcorr.errors import VcorrError
-from vcorr.propagation.protocols import CRWPropagator, PropagatedFrame, STTPropagator
-
-PROTOCOLS = {"crw": CRWPropagator, "stt": STTPropagator}
-
-__all__ = [
-    "PROTOCOLS",
-    "CRWPropagator",
-    "PropagatedFrame",
-    "PropagationResult",
-    "STTPropagator",
-    "make_propagator",
-    "propagate",
-    "propagate_stream",
-]
+# Exported names -> the module that defines them, imported on first use, so that the workflow's
+# DAG can read `vcorr.propagation.parameters` without importing torch.
+_EXPORTS = {
+    "PROTOCOLS": "vcorr.propagation.stream",
+    "PropagationResult": "vcorr.propagation.stream",
+    "make_propagator": "vcorr.propagation.stream",
+    "propagate": "vcorr.propagation.stream",
+    "propagate_stream": "vcorr.propagation.stream",
+    "CRWPropagator": "vcorr.propagation.protocols",
+    "PropagatedFrame": "vcorr.propagation.protocols",
+    "STTPropagator": "vcorr.propagation.protocols",
+}
+__all__ = list(_EXPORTS)
 
 
-@dataclass
-class PropagationResult:
-    soft: torch.Tensor  # [T, M, h, w]
-    ids: torch.Tensor  # [T, H, W] uint8
-
-
-def make_propagator(protocol: str, label0, **params) -> CRWPropagator | STTPropagator:
-    if protocol not in PROTOCOLS:
-        raise VcorrError(f"unknown propagation protocol {protocol!r} (known: {sorted(PROTOCOLS)})")
-    propagator = PROTOCOLS[protocol]
-    accepted = {
-        name: parameter
-        for name, parameter in inspect.signature(propagator).parameters.items()
-        if parameter.kind is inspect.Parameter.KEYWORD_ONLY
-    }
-    unknown = sorted(set(params) - set(accepted))
-    if unknown:
-        raise VcorrError(f"protocol {protocol}: bad parameters: unknown {', '.join(unknown)} (accepted: {', '.join(accepted)})")
-    missing = [name for name, parameter in accepted.items() if parameter.default is inspect.Parameter.empty and name not in params]
-    if missing:
-        raise VcorrError(f"protocol {protocol}: bad parameters: missing {', '.join(missing)}")
-    return propagator(label0, **params)
-
-
-def propagate_stream(
-    features: Iterable[torch.Tensor],
-    label0,
-    protocol: str,
-    late: Mapping[int, object] | None = None,
-    **params,
-) -> Iterator[PropagatedFrame]:
-    """Yield every frame's propagated labels; `features` yields [K, h, w] tensors in order.
-
-    `late`: {t: [H, W] id map} of objects first annotated at frame t (only their ids, 0 elsewhere).
-    """
-    late = dict(late or {})
-    if 0 in late:
-        raise VcorrError("late objects: frame 0's objects belong in the initial labels")
-    propagator = make_propagator(protocol, label0, **params)
-    for t, frame_features in enumerate(features):
-        yield propagator.push(frame_features, late.pop(t, None))
-    if late:
-        raise VcorrError(f"late objects at frames {sorted(late)} beyond the sequence's end")
-
-
-def propagate(feats, label0, protocol: str, late=None, **params) -> PropagationResult:
-    """Propagate `label0` through a whole sequence `feats` [T, K, h, w] (or an iterable of
-    [K, h, w]); returns all soft labels and output maps."""
-    frames = list(propagate_stream(feats, label0, protocol, late, **params))
-    if not frames:
-        raise VcorrError("propagate: no frames")
-    return PropagationResult(
-        soft=torch.stack([f.soft for f in frames]), ids=torch.stack([f.ids for f in frames])
-    )
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

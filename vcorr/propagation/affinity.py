@@ -55,10 +55,8 @@ from dataclasses import dataclass
 
 import torch
 
+from vcorr.propagation.parameters import TIE_RULES
 from vcorr.propagation.window import Tile, Window, make_tiles
-
-
-TIE_RULES = ("cpu", "cuda")
 
 
 def ordered_topk(values: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

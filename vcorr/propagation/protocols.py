@@ -8,7 +8,7 @@ The definitions follow the original code of each protocol:
 - `CRWPropagator` — protocol "crw" (HVC `infer_vos.py` + `labelprop/`, videowalk);
 - `STTPropagator` — protocol "stt" (Spa-then-Temp `VanillaTracker.forward_test`).
 
-Both take ``ties`` (`vcorr.propagation.affinity.TIE_RULES`): whose `torch.topk` choice among exact
+Both take ``ties`` (`vcorr.propagation.parameters.TIE_RULES`): whose `torch.topk` choice among exact
 affinity ties to reproduce, ``"cpu"`` (default; the originals run on the CPU, as the reference
 outputs in ../shared/testdata were made) or ``"cuda"`` (the originals on a GPU).
 """
@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from vcorr.errors import VcorrError
-from vcorr.propagation.affinity import TIE_RULES, ContextList, ContextMemory, TopK
+from vcorr.propagation.affinity import ContextList, ContextMemory, TopK
+from vcorr.propagation.parameters import TIE_RULES
 from vcorr.propagation.stt_labels import first_frame_output
 from vcorr.propagation.window import Window
 
@@ -139,7 +140,7 @@ class _Propagator:
             raise VcorrError(f"affinity_dtype must be one of {sorted(AFFINITY_DTYPES)}")
         self.affinity_dtype = AFFINITY_DTYPES[affinity_dtype]
         if ties not in TIE_RULES:
-            raise VcorrError(f"ties must be one of {list(TIE_RULES)} (vcorr.propagation.affinity), got {ties!r}")
+            raise VcorrError(f"ties must be one of {list(TIE_RULES)} (vcorr.propagation.parameters), got {ties!r}")
         self.ties = ties
         self.t = 0
         self.memory: ContextMemory | None = None

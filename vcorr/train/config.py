@@ -12,13 +12,9 @@ import dataclasses
 import types
 import typing
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
-
-from vcorr.config import read_yaml
 from vcorr.errors import VcorrError
-from vcorr.evaluation.methods import parse_overrides
 
 AMP_MODES = ("off", "fp16", "bf16")
 
@@ -125,26 +121,3 @@ def build_config(config_class: type[TrainConfig], values: dict[str, Any], source
         return config_class(**checked)
     except VcorrError as error:
         raise VcorrError(f"{source}: {error}") from None
-
-
-def load_config(method: str, file: str | Path, overrides: list[str] | None = None) -> TrainConfig:
-    """The method's `Config` from a YAML file plus `--set key=value` overrides, validated."""
-    from vcorr.train import method_module
-
-    path = Path(file)
-    data = read_yaml(path, "training config")
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise VcorrError(f"{path}: expected a mapping of config keys to values")
-    named = data.setdefault("method", method)
-    if named != method:
-        raise VcorrError(f"{path}: a config for method '{named}', not '{method}'")
-    config_class = method_module(method).Config
-    config = build_config(config_class, data, str(path))
-    extra = parse_overrides(overrides or [])
-    if "method" in extra:
-        raise VcorrError("--set method: the method is chosen with --method")
-    if extra:
-        config = build_config(config_class, {**data, **extra}, f"{path} with --set {', '.join(extra)}")
-    return config

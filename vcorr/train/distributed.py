@@ -11,32 +11,11 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from vcorr.errors import VcorrError
 
 
 def launched_world_size() -> int:
     """WORLD_SIZE as torchrun sets it (1 when not launched by torchrun)."""
     return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def local_rank() -> int:
-    return int(os.environ.get("LOCAL_RANK", "0"))
-
-
-def resolve_device(spec: str) -> torch.device:
-    """`auto`: this process's GPU when CUDA is available (cuda:LOCAL_RANK under torchrun), else
-    the CPU. `cuda` means cuda:LOCAL_RANK too; an explicit `cuda:N` or `cpu` is taken as is."""
-    if spec == "auto":
-        spec = "cuda" if torch.cuda.is_available() else "cpu"
-    if spec == "cuda":
-        spec = f"cuda:{local_rank()}"
-    try:
-        device = torch.device(spec)
-    except RuntimeError as error:
-        raise VcorrError(f"--device {spec}: {error}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise VcorrError(f"--device {spec}: CUDA is not available on this machine (use --device cpu or auto)")
-    return device
 
 
 def init_distributed(device: torch.device) -> None:

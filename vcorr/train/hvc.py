@@ -36,9 +36,9 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from vcorr.errors import VcorrError
-from vcorr.features import IMAGENET_MEAN, IMAGENET_STD
 from vcorr.models.weights import vcorr_checkpoint
 from vcorr.models.encoders import ResNetEncoder, build_encoder, hvc_init
+from vcorr.models.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from vcorr.train.config import TrainConfig
 from vcorr.train.data import TwoViewImages, frames_per_video, normalize
 

@@ -42,8 +42,10 @@ from tqdm import tqdm
 
 from vcorr import __version__
 from vcorr.data.index import read_index
+from vcorr.device import resolve_device
 from vcorr.errors import VcorrError
 from vcorr.io import atomic_file
+from vcorr.provenance import git_state
 from vcorr.train import distributed, method_module
 from vcorr.train.checkpoint import (check_resumable, checkpoint_path, load_checkpoint, rng_state,
                                     save_checkpoint, set_rng_state)
@@ -206,7 +208,7 @@ def prepare(method: str, config: TrainConfig, index_path: str | Path, workdir: s
     module = method_module(method)
     if not isinstance(config, module.Config):
         raise VcorrError(f"config of type {type(config).__name__} is not method '{method}''s Config")
-    torch_device = distributed.resolve_device(device)
+    torch_device = resolve_device(device)
     distributed.init_distributed(torch_device)
     world = distributed.world_size()
     if config.batch_size % world:
@@ -266,8 +268,6 @@ def prepare(method: str, config: TrainConfig, index_path: str | Path, workdir: s
     if world > 1:
         ids = [torch_device.index] if torch_device.type == "cuda" else None
         model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
-
-    from vcorr.report import git_state
 
     run = Run(method, module, config, torch_device, amp_dtype, index, str(index_path), model, optimizer, scheduler,
               scaler, sampler, steps_per_epoch, last_step, position, workdir, git_state())

@@ -44,6 +44,7 @@ from torchvision import models as tv_models
 from torchvision import transforms as T
 
 from vcorr.errors import VcorrError
+from vcorr.models.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from vcorr.models.weights import cpu_state_dict
 from vcorr.train import distributed
 from vcorr.train.config import TrainConfig
@@ -52,8 +53,6 @@ from vcorr.train.data import Transform, TwoViewImages, seeded
 ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 AUGMENTATIONS = ("v1", "v2")
 LR_SCHEDULES = ("step", "cosine")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass

@@ -58,9 +58,9 @@ from torch.utils.data import Dataset
 from torchvision.models import resnet as tv_resnet
 
 from vcorr.errors import VcorrError
-from vcorr.features import normalise_frames
-from vcorr.models.weights import FORMATS, _rule_stt, cpu_state_dict, load_weights
+from vcorr.models.weights import FORMATS, cpu_state_dict, load_weights, mmcv_to_torchvision_key
 from vcorr.models.encoders import EncoderSpec, ResNetEncoder
+from vcorr.models.preprocess import normalise_frames
 from vcorr.train import distributed
 from vcorr.train.config import TrainConfig
 from vcorr.train.correlation import window_apply, window_correlation, window_softmax_
@@ -137,7 +137,11 @@ class Config(TrainConfig):
 
 
 # --------------------------------------------------------------------------------------------
-# Backbone: conv + BN (+ ReLU) modules in mmcv's names.
+# Backbone: conv + BN (+ ReLU) modules in mmcv's names. Not vcorr.models.encoders' torchvision
+# ResNet, for two reasons: Spa-then-Temp's checkpoints and loader name mmcv's modules
+# (`conv1.conv`, `layerX.Y.convN.bn`), and building torchvision's ResNet draws its own weight
+# initialisation from the global RNG before any re-initialisation, so a seeded run would not start
+# from the weights the original draws with the same seed.
 
 class ConvBN(nn.Module):
     """mmcv `ConvModule(conv_cfg=Conv, norm_cfg=BN)`: bias-free conv, BN, optional ReLU."""
@@ -260,8 +264,7 @@ class ResNet(nn.Module):
         torchvision_state = encoder.state_dict()
         state = {}
         for key in self.state_dict():
-            _, torchvision_key = _rule_stt(f"backbone.{key}")
-            state[key] = torchvision_state[torchvision_key]
+            state[key] = torchvision_state[mmcv_to_torchvision_key(key)]
         self.load_state_dict(state)
 
 

@@ -1,9 +1,10 @@
 # Configuration, registries and the input functions every stage uses.
 #
-# The registries (datasets.yaml, benchmarks.yaml, methods.yaml) are read here with yaml only. The
-# DAG imports one vcorr module, vcorr.evaluation.methods (yaml and the standard library only), so
-# that config propagation.set is checked by the same code as the jobs' --set. The jobs find the
-# same registry folder via VCORR_CONFIG_DIR.
+# The registries (datasets.yaml, benchmarks.yaml, methods.yaml) are read here with vcorr's YAML
+# reader (vcorr.config: numbers such as 1e-4 are floats). The DAG imports only torch-free vcorr
+# modules (vcorr.config, vcorr.evaluation.methods, vcorr.provenance, ...), so that config
+# propagation.set is checked by the same code as the jobs' --set and the code digests are the
+# jobs' own. The jobs find the same registry folder via VCORR_CONFIG_DIR.
 
 import functools
 import hashlib
@@ -17,10 +18,19 @@ from pathlib import Path
 import yaml
 from snakemake.utils import validate
 
+REPOSITORY = Path(workflow.basedir).parent
+# The DAG uses this checkout's vcorr, as the jobs do (shell.prefix below).
+sys.path.insert(0, str(REPOSITORY))
+
+from vcorr.config import YAML_LOADER, load_yaml_text, with_exponent_floats
+
+# Values Snakemake read from the config file, as vcorr reads values (1e-4 is a float).
+for section in ("propagation", "training"):
+    if isinstance(config.get(section), dict) and "set" in config[section]:
+        config[section]["set"] = with_exponent_floats(config[section]["set"])
 
 validate(config, schema="../schemas/config.schema.yaml")
 
-REPOSITORY = Path(workflow.basedir).parent
 # A relative `registries` is taken from the checkout (e.g. .test/config), whatever the working directory.
 REGISTRY_DIR = (REPOSITORY / (config["registries"] or "config")).resolve()
 
@@ -36,13 +46,11 @@ def read_registry(name, optional=False):
         return {}
     if not path.is_file():
         raise WorkflowError(f"{path}: registry missing (config key `registries`: {config['registries']})")
-    # libyaml's loader when present: the registries are read on every invocation (~5x faster).
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     try:
-        data = yaml.load(path.read_text(), Loader=loader) or {}
+        data = load_yaml_text(path.read_text()) or {}
     except yaml.YAMLError as error:
         raise WorkflowError(f"{path}: invalid YAML ({error})")
-    schema = yaml.load(Path(workflow.basedir, "schemas", f"{name}.schema.yaml").read_text(), Loader=loader)
+    schema = yaml.load(Path(workflow.basedir, "schemas", f"{name}.schema.yaml").read_text(), Loader=YAML_LOADER)
     error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(data))
     if error is not None:
         key = ".".join(str(part) for part in error.absolute_path) or "(top level)"
@@ -63,7 +71,6 @@ PROTOCOLS = read_registry("protocols", optional=True)
 def protocol_variants():
     """`<method>@<protocol>`: a method under another protocol (vcorr.evaluation.cross_protocol,
     the code `vcorr propagate` runs them with), planned like any method of methods.yaml."""
-    sys.path.insert(0, str(REPOSITORY))
     from vcorr.errors import VcorrError
     from vcorr.evaluation.cross_protocol import check_protocols, protocol_variants
 
@@ -128,9 +135,9 @@ check_references()
 def check_parameter_overrides():
     """config propagation.set: a benchmark of the registry, and overrides every requested method
     with settings for it accepts, as `vcorr propagate --set` would (vcorr's own check)."""
-    sys.path.insert(0, str(REPOSITORY))
     from vcorr.errors import VcorrError
-    from vcorr.evaluation.methods import PROTOCOL_PARAMS, resolve_settings
+    from vcorr.evaluation.methods import resolve_settings
+    from vcorr.propagation.parameters import PROTOCOL_PARAMS
 
     requested = pick(config["evaluate"]["methods"], METHODS, "methods")
     for benchmark, overrides in config["propagation"]["set"].items():
@@ -398,7 +405,7 @@ def training_settings(model_name):
     model = MODELS[model_name]
     path = REPOSITORY / model["config"]
     try:
-        file_settings = yaml.safe_load(path.read_text()) or {}
+        file_settings = load_yaml_text(path.read_text()) or {}
     except yaml.YAMLError as error:
         raise WorkflowError(f"{path}: invalid YAML ({error})")
     upstream = {

@@ -1,10 +1,9 @@
-"""Submission archives for the server-scored benchmarks, and the propagation records they check.
+"""Submission archives for the server-scored benchmarks.
 
-`vcorr propagate` writes `<out>/<sequence>/<frame>.png` and, per run, a record
-`<out>/.vcorr-propagate[.shard-I-of-N].json` naming the method, its resolved settings, the
-sequences of the run with the frames each must hold, and every sequence of the benchmark. A
-submission is built only when the records of the given folders cover every sequence of the
-benchmark and every listed frame exists, so a half-finished run is never uploaded.
+`vcorr propagate` writes `<out>/<sequence>/<frame>.png` and a record of each run
+(`vcorr.evaluation.records`). A submission is built only when the records of the given folders
+cover every sequence of the benchmark and every listed frame exists, so a half-finished run is
+never uploaded.
 
 The archive layout each server accepts is its benchmark's `server.archive_prefix` in
 config/benchmarks.yaml (YouTube-VOS: `Annotations/<video>/<frame>.png`, DAVIS-2017 test-dev:
@@ -13,45 +12,12 @@ config/benchmarks.yaml (YouTube-VOS: `Annotations/<video>/<frame>.png`, DAVIS-20
 
 from __future__ import annotations
 
-import json
 import zipfile
 from pathlib import Path
-from typing import Any
 
 from vcorr.errors import VcorrError
+from vcorr.evaluation.records import RECORD_PREFIX, missing_frames, read_records
 from vcorr.io import atomic_file
-
-RECORD_PREFIX = ".vcorr-propagate"
-
-
-def record_path(out: Path, shard: tuple[int, int] | None) -> Path:
-    """Where a propagation run records itself; shards sharing a folder each keep their own."""
-    suffix = f".shard-{shard[0]}-of-{shard[1]}" if shard else ""
-    return Path(out) / f"{RECORD_PREFIX}{suffix}.json"
-
-
-def read_records(folder: Path) -> list[dict[str, Any]]:
-    records = []
-    for path in sorted(Path(folder).glob(f"{RECORD_PREFIX}*.json")):
-        try:
-            record = json.loads(path.read_text())
-        except json.JSONDecodeError as error:
-            raise VcorrError(f"{path}: not a vcorr propagation record ({error})") from None
-        if not isinstance(record, dict) or not isinstance(record.get("sequences"), dict) or "benchmark" not in record:
-            raise VcorrError(f"{path}: not a vcorr propagation record (needs 'benchmark' and 'sequences')")
-        record["_path"] = str(path)
-        records.append(record)
-    return records
-
-
-def missing_frames(folder: Path, record: dict[str, Any]) -> dict[str, list[str]]:
-    """Sequences of a record whose folder under `folder` lacks some of the listed frames."""
-    missing = {}
-    for sequence, frames in record["sequences"].items():
-        absent = [frame for frame in frames if not (Path(folder) / sequence / f"{frame}.png").is_file()]
-        if absent:
-            missing[sequence] = absent
-    return missing
 
 
 def export_submission(benchmark: str, predictions: list[Path], out: Path) -> dict[str, int]:

@@ -31,9 +31,9 @@ import numpy as np
 from PIL import Image, ImageDraw, UnidentifiedImageError
 
 from vcorr.errors import VcorrError
-from vcorr.evaluation.cross_protocol import CELL_COLUMNS
 from vcorr.io import DAVIS_PALETTE, atomic_file, read_index_png
-from vcorr.report import HEADLINES, SUMMARY_FIXED, SUMMARY_TAIL
+from vcorr.report.cross_protocol_table import CELL_COLUMNS
+from vcorr.report.results import HEADLINES, SUMMARY_FIXED, SUMMARY_TAIL
 
 # Columns of the score tables that name or locate a result rather than measure it.
 IDENTITY_COLUMNS = frozenset({*SUMMARY_FIXED, *SUMMARY_TAIL, *CELL_COLUMNS})

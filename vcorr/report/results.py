@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import csv
 import datetime
-import importlib.metadata
 import json
 import platform
-import subprocess
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ from typing import Any
 from vcorr import __version__
 from vcorr.errors import VcorrError
 from vcorr.io import atomic_file, sha256_file, write_json
+from vcorr.provenance import git_state, package_version
 
 # Headline numbers per scorer, in the order the summary shows them.
 HEADLINES: dict[str, tuple[str, ...]] = {
@@ -31,30 +30,6 @@ HEADLINES: dict[str, tuple[str, ...]] = {
 }
 SUMMARY_FIXED = ("benchmark", "method", "status")
 SUMMARY_TAIL = ("archive", "upload_to", "result")
-_CHECKOUT = Path(__file__).resolve().parents[1]
-
-
-def git_state(checkout: Path = _CHECKOUT) -> dict[str, Any]:
-    """Commit of the checkout vcorr runs from, and whether tracked files differ from it."""
-
-    def git(*args: str) -> str | None:
-        try:
-            done = subprocess.run(["git", "-C", str(checkout), *args], capture_output=True, text=True, timeout=30)
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        return done.stdout.strip() if done.returncode == 0 else None
-
-    commit = git("rev-parse", "HEAD")
-    if commit is None:
-        return {"commit": None, "dirty": None}
-    return {"commit": commit, "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
-
-
-def _package_version(name: str) -> str | None:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 def read_timing(path: Path) -> dict[str, float]:
@@ -116,8 +91,8 @@ def build_result(
     evaluate_timings: Sequence[Path] = (),
     overrides: Sequence[str] = (),
 ) -> dict[str, Any]:
-    from vcorr.evaluation.methods import load_method, parse_overrides
-    from vcorr.config import registry_entry
+    from vcorr.config import parse_overrides, registry_entry
+    from vcorr.evaluation.methods import load_method
 
     benchmark_entry = registry_entry("benchmarks", benchmark)
     method = load_method(method_name)
@@ -153,7 +128,7 @@ def build_result(
         "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "host": platform.node(),
         "python": platform.python_version(),
-        "torch": _package_version("torch"),
+        "torch": package_version("torch"),
         "method": method.as_dict(),
         "benchmark": {"name": benchmark, **benchmark_entry},
         "settings": settings.as_dict(),
