@@ -128,7 +128,6 @@ def test_the_checks_catch_a_circle(graph):
 
 def test_function_level_and_string_imports_are_edges():
     # pipeline imports the propagators inside a function; the propagation package names its
-    # modules as strings (lazy exports); training names its methods' modules in a registry.
+    # modules as strings (lazy exports).
     assert "vcorr.propagation" in direct_imports("vcorr.evaluation.pipeline")
     assert "vcorr.propagation.stream" in direct_imports("vcorr.propagation")
-    assert "vcorr.train.hvc" in direct_imports("vcorr.train")

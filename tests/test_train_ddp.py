@@ -58,7 +58,7 @@ def _first_step_gradients(index, workdir) -> dict[str, torch.Tensor]:
     config = load_config(METHOD, CONFIG, SAME_STATISTICS)
     with _in_float64():
         run, _ = prepare(METHOD, config, index, workdir, device="cpu")
-        train_one_epoch(run, make_loader(run), lambda loss, terms, images: None)
+        train_one_epoch(run, make_loader(run), lambda values, images: None)
     return {name: parameter.grad.clone() for name, parameter in run.unwrapped.named_parameters()
             if parameter.grad is not None}
 
@@ -119,6 +119,6 @@ def test_torchrun_runs_the_same_command(tmp_path):
     with open(workdir / "metrics.csv", newline="") as handle:
         assert [int(row["step"]) for row in csv.DictReader(handle)] == [1, 2, 3]
     assert len(list((workdir / "tensorboard").glob("events.*"))) == 1
-    assert sorted(path.name for path in workdir.iterdir()) == ["checkpoint.pt", "config.yaml", "metrics.csv", "tensorboard"]
+    assert sorted(path.name for path in workdir.iterdir()) == ["checkpoint.pt", "config.yaml", "metrics.csv", "tensorboard", "train.lock"]
     state = load_checkpoint(checkpoint_path(workdir))
     assert state["world_size"] == 2 and state["global_step"] == 3 and out.is_file()

@@ -95,6 +95,20 @@ def test_sigkill_then_rerun_is_bit_identical(data, uninterrupted, tmp_path):
     with open(workdir / "metrics.csv", newline="") as handle:
         steps = [int(row["step"]) for row in csv.DictReader(handle)]
     assert steps == list(range(1, LAST_STEP + 1)) and rows_before >= 5  # no row twice after the redo
+    assert _tensorboard_steps(workdir, "loss") == steps  # nor in TensorBoard
+
+
+def _tensorboard_steps(workdir, tag: str) -> list[int]:
+    """The steps of every `tag` scalar in the work dir's TensorBoard logs, in the order read."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    steps = []
+    for events in sorted((workdir / "tensorboard").glob("events.out.tfevents.*")):
+        accumulator = EventAccumulator(str(events), purge_orphaned_data=False)
+        accumulator.Reload()
+        if tag in accumulator.Tags()["scalars"]:
+            steps += [event.step for event in accumulator.Scalars(tag)]
+    return sorted(steps)
 
 
 def test_sigterm_checkpoints_mid_epoch_and_rerun_is_bit_identical(data, uninterrupted, tmp_path):

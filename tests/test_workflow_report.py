@@ -105,7 +105,8 @@ def test_summary_has_one_row_per_result_and_the_union_of_headlines(tmp_path):
     scored = {"benchmark": "davis17", "method": "a", "status": "scored", "headline": {"J&F-Mean": 60.0}}
     pck = {"benchmark": "jhmdb", "method": "a", "status": "scored", "headline": {"PCK@0.1": 45.0, "PCK@0.2": 70.0}}
     server = {"benchmark": "ytvos18", "method": "a", "status": "awaiting server evaluation",
-              "submission": {"archive": "results/ytvos18/a.zip", "upload_to": "https://example.org/upload"}}
+              "submission": {"archive": "results/ytvos18/a.zip", "upload_to": "https://example.org/upload"},
+              "note": "model trained by other code: results/models/a.pth"}
     files = []
     for index, result in enumerate((scored, pck, server)):
         files.append(tmp_path / f"{index}.json")
@@ -115,10 +116,11 @@ def test_summary_has_one_row_per_result_and_the_union_of_headlines(tmp_path):
     with open(out, newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert list(rows[0]) == ["benchmark", "method", "status", "J&F-Mean", "PCK@0.1", "PCK@0.2",
-                             "archive", "upload_to", "result"]
+                             "archive", "upload_to", "result", "note"]
     assert [row["benchmark"] for row in rows] == ["davis17", "jhmdb", "ytvos18"]
     assert rows[0]["J&F-Mean"] == "60.0" and rows[0]["PCK@0.1"] == ""
     assert rows[2]["upload_to"] == "https://example.org/upload" and rows[2]["J&F-Mean"] == ""
+    assert [row["note"] for row in rows] == ["", "", "model trained by other code: results/models/a.pth"]
 
 
 def test_cli_names_a_missing_scores_file_and_writes_nothing(tmp_path, capsys):

@@ -12,7 +12,8 @@ An entry `module:function` covers that function, the functions and classes of it
 names (transitively), the module-level statements it names or that run at import, and what all
 of those import: one scorer's digest then does not move with another scorer's code in the same
 module. Code reached only through a name built at run time is not seen: registries name their
-modules as literal strings for that reason.
+modules as literal strings for that reason, or the digest's entries name those modules (training:
+the loop and the method's module).
 """
 
 from __future__ import annotations

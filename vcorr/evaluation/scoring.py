@@ -33,14 +33,22 @@ def check_arguments(data_root: Path, predictions: Path, *outputs: tuple[Path | N
             check_writable(path, "--csv-dir" if folder else "--out", folder=folder)
 
 
-def _versions() -> dict[str, str]:
+def scoring_code_digest(scorer: str) -> str:
+    """The digest of the code of scorer `score_<scorer>` of this module and of every vcorr module it
+    reaches (`vcorr.provenance.code_digest`): a change to one scorer's code leaves the others'."""
+    from vcorr.provenance import code_digest
+
+    return code_digest(f"{__name__}:score_{scorer}")
+
+
+def _versions(scorer: str) -> dict[str, str]:
     import cv2
     import numpy
 
     from vcorr import __version__
 
     return {"vcorr": __version__, "python": platform.python_version(), "numpy": numpy.__version__,
-            "opencv": cv2.__version__}
+            "opencv": cv2.__version__, "scoring_code": scoring_code_digest(scorer)}
 
 
 # --- DAVIS --------------------------------------------------------------------------------------
@@ -110,7 +118,7 @@ def score_davis(
                 }
                 for sequence in sequences
             },
-            "seconds": seconds, "versions": _versions(),
+            "seconds": seconds, "versions": _versions("davis"),
         })  # fmt: skip
 
     print(f"--------------------------- Global results for {subset} ---------------------------")
@@ -162,7 +170,7 @@ def score_jhmdb(data_root: Path, predictions: Path, split: Path, out: Path) -> d
         "benchmark": "jhmdb", "split": str(split), "jhmdb_root": str(data_root),
         "predictions": str(predictions), "unit": "percent", "global": scores,
         "clips": clips,
-        "seconds": time.perf_counter() - start, "versions": _versions(),
+        "seconds": time.perf_counter() - start, "versions": _versions("jhmdb"),
     })  # fmt: skip
     for name, value in scores.items():
         print(f"{name}: {value:.3f}")
@@ -207,7 +215,7 @@ def score_vip(data_root: Path, predictions: Path, video_list: Path, out: Path) -
         "global": {"mIoU": scores["mIoU"]},
         "per_class_IoU": {str(index): value for index, value in enumerate(scores["per_class_IoU"])},
         "frames": scores["frames"], "confusion_matrix": scores["confusion_matrix"],
-        "seconds": time.perf_counter() - start, "versions": _versions(),
+        "seconds": time.perf_counter() - start, "versions": _versions("vip"),
     })  # fmt: skip
     print(f"mIoU: {scores['mIoU']:.3f}")
     return {"mIoU": scores["mIoU"]}

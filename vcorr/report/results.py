@@ -29,7 +29,24 @@ HEADLINES: dict[str, tuple[str, ...]] = {
     "vip": ("mIoU",),
 }
 SUMMARY_FIXED = ("benchmark", "method", "status")
-SUMMARY_TAIL = ("archive", "upload_to", "result")
+SUMMARY_TAIL = ("archive", "upload_to", "result", "note")
+
+
+def models_trained_by_other_code(weights: Sequence[Path]) -> list[dict[str, Any]]:
+    """The models among `weights` that `vcorr train` exported from code other than today's (the
+    digests it recorded are not this checkout's `training_code_digest` of their method)."""
+    from vcorr.train import export_provenance, training_code_digest
+
+    stale = []
+    for path in weights:
+        record = export_provenance(path)
+        if record is None:
+            continue
+        current = training_code_digest(record["method"])
+        if record["training_code"] != [current]:
+            stale.append({"path": str(path), "method": record["method"], "trained_with": record["training_code"],
+                          "current": current})
+    return stale
 
 
 def read_timing(path: Path) -> dict[str, float]:
@@ -122,6 +139,10 @@ def build_result(
         if not headlines:
             raise VcorrError(f"{evaluation}: none of {', '.join(HEADLINES.get(scorer, ()))} found in the scores")
         result.update(status="scored", headline=headlines, scores=scores, submission=None)
+    stale = models_trained_by_other_code(weights)
+    if stale:
+        result["note"] = (f"model trained by other code: {', '.join(entry['path'] for entry in stale)} "
+                          "(vcorr's training code changed since; `snakemake --forcerun train` retrains)")
     result["provenance"] = {
         "vcorr_version": __version__,
         "git": git_state(),
@@ -136,6 +157,7 @@ def build_result(
         "checkpoints": [
             {"path": str(path), "sha256": sha256_file(Path(path)), "bytes": Path(path).stat().st_size} for path in weights
         ],
+        "trained_by_other_code": stale,
         "timings": timings(propagate_timings, evaluate_timings),
     }
     return result
@@ -167,6 +189,7 @@ def summary_rows(result_files: Sequence[Path]) -> tuple[list[str], list[dict[str
             "archive": submission.get("archive", ""),
             "upload_to": submission.get("upload_to", ""),
             "result": str(path),
+            "note": result.get("note", ""),
         })
     return [*SUMMARY_FIXED, *metric_columns, *SUMMARY_TAIL], rows
 

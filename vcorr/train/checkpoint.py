@@ -4,14 +4,21 @@ position in the epoch, every RNG state of every rank), plus the resolved config 
 
 It is written atomically (temporary name, then rename), so a kill while saving leaves the previous
 checkpoint intact. Before resuming, `check_resumable` refuses a checkpoint of another method or
-of a config whose training-relevant keys differ, naming the file and the differences.
+of a config whose training-relevant keys differ, naming the file and the differences. While a run
+trains it holds the work dir (`hold_workdir`), so two runs never write into one.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import fcntl
+import os
 import pickle
 import random
+import socket
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +29,36 @@ from vcorr.errors import VcorrError
 from vcorr.io import atomic_file
 
 CHECKPOINT_NAME = "checkpoint.pt"
+LOCK_NAME = "train.lock"
 FORMAT = "vcorr-train-checkpoint"
 FORMAT_VERSION = 1
 
 
 def checkpoint_path(workdir: str | Path) -> Path:
     return Path(workdir) / CHECKPOINT_NAME
+
+
+@contextlib.contextmanager
+def hold_workdir(workdir: str | Path) -> Iterator[None]:
+    """Hold `workdir` for this process while the block runs; another holder is an error naming its
+    pid, host and start time. The lock is the kernel's (flock on `train.lock`), so it ends with the
+    process however the process ends: a killed run never leaves its work dir locked."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    with open(workdir / LOCK_NAME, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "a process that has not said who it is"
+            raise VcorrError(f"{workdir}: in use by another `vcorr train` ({holder}); wait for it to end, "
+                             "or use another --workdir") from None
+        handle.seek(0)
+        handle.truncate()
+        started = datetime.datetime.now().isoformat(timespec="seconds")
+        handle.write(f"pid {os.getpid()} on host {socket.gethostname()}, since {started}\n")
+        handle.flush()
+        yield
 
 
 def rng_state() -> dict[str, Any]:

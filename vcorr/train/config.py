@@ -12,11 +12,20 @@ import dataclasses
 import types
 import typing
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from vcorr.errors import VcorrError
 
 AMP_MODES = ("off", "fp16", "bf16")
+# What a numeric key's value must satisfy, by the name a config's BOUNDS gives it.
+RANGES: dict[str, Callable[[float], bool]] = {
+    "> 0": lambda value: value > 0,
+    ">= 0": lambda value: value >= 0,
+    ">= 1": lambda value: value >= 1,
+    "in [0, 1]": lambda value: 0 <= value <= 1,
+    "in (0, 1]": lambda value: 0 < value <= 1,
+}
 
 
 @dataclass
@@ -38,6 +47,12 @@ class TrainConfig:
     # Keys that may differ between a checkpoint and the resumed run: they change how a run is
     # carried out or observed, not the sequence of weights it produces.
     RUNTIME_KEYS: ClassVar[frozenset[str]] = frozenset({"workers", "checkpoint_every", "log_every", "max_steps"})
+    # The range (a key of RANGES) of each numeric key; a method's Config adds its own keys', and
+    # keys every method has (lr, weight_decay) are checked where a method defines them.
+    BOUNDS: ClassVar[dict[str, str]] = {
+        "epochs": ">= 1", "batch_size": ">= 1", "workers": ">= 0", "checkpoint_every": ">= 0",
+        "log_every": ">= 0", "max_steps": ">= 1", "image_size": ">= 1", "lr": ">= 0", "weight_decay": ">= 0",
+    }
 
     def __post_init__(self) -> None:
         # YAML `amp: true` means the original's fp16 autocast with a GradScaler.
@@ -47,14 +62,11 @@ class TrainConfig:
             self.amp = "off"
         if self.amp not in AMP_MODES:
             raise VcorrError(f"amp: {self.amp!r} is not one of {', '.join(AMP_MODES)} (or true/false)")
-        for key in ("epochs", "batch_size"):
-            if getattr(self, key) < 1:
-                raise VcorrError(f"{key}: must be at least 1, got {getattr(self, key)}")
-        for key in ("workers", "checkpoint_every", "log_every"):
-            if getattr(self, key) < 0:
-                raise VcorrError(f"{key}: must be >= 0, got {getattr(self, key)}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise VcorrError(f"max_steps: must be at least 1 (or null), got {self.max_steps}")
+        bounds = {key: rule for cls in reversed(type(self).__mro__) for key, rule in vars(cls).get("BOUNDS", {}).items()}
+        for key, rule in bounds.items():
+            value = getattr(self, key, None)
+            if value is not None and not RANGES[rule](value):
+                raise VcorrError(f"{key}: must be {rule}, got {value!r}")
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

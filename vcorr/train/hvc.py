@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -89,6 +89,11 @@ class Config(TrainConfig):
     normalisation: str = "cifar10"  # "cifar10" (the original's training stats) or "imagenet" (its test stats)
     frames_per_video: int = 80  # video variant: --clips-per-video, frames drawn per video each epoch
 
+    BOUNDS: ClassVar[dict[str, str]] = {
+        "momentum": "in [0, 1]", "pos_radius": "> 0", "projection_hidden_dim": ">= 1", "projection_dim": ">= 1",
+        "prediction_hidden_dim": ">= 1", "crop_tries": ">= 1", "frames_per_video": ">= 1",
+    }
+
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
             raise VcorrError(f"variant: {self.variant!r} is not one of {', '.join(VARIANTS)}")
@@ -103,13 +108,6 @@ class Config(TrainConfig):
             raise VcorrError(f"crop_scale: {self.crop_scale} is not 0 <= min <= max <= 1")
         if not 0.0 < self.crop_ratio[0] <= self.crop_ratio[1]:
             raise VcorrError(f"crop_ratio: {self.crop_ratio} is not 0 < min <= max")
-        if not 0.0 <= self.momentum <= 1.0:
-            raise VcorrError(f"momentum: must be in [0, 1], got {self.momentum}")
-        if self.pos_radius <= 0:
-            raise VcorrError(f"pos_radius: must be positive, got {self.pos_radius}")
-        for key in ("projection_hidden_dim", "projection_dim", "prediction_hidden_dim", "crop_tries", "frames_per_video"):
-            if getattr(self, key) < 1:
-                raise VcorrError(f"{key}: must be at least 1, got {getattr(self, key)}")
 
 
 # ----------------------------------------------------------------------------------------------

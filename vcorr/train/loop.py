@@ -7,8 +7,19 @@ One step: `loss, terms = method.training_step(model, batch)` (under autocast whe
 momentum update and enqueue) stays in the model's forward.
 
 Work dir: `checkpoint.pt` (rolling, see `vcorr.train.checkpoint`), `config.yaml` (the resolved
-config), `metrics.csv` and `tensorboard/` (loss terms, lr, images/s every `log_every` steps).
-Only rank 0 writes.
+config), `metrics.csv` and `tensorboard/` (loss terms, lr, images/s every `log_every` steps; on
+resume both are cut back to the checkpoint's step, TensorBoard rebuilt from the CSV so no step
+shows twice), `train.lock` (held while a run trains: a second run on the same work dir is refused
+with the holder's pid and host). Only rank 0 writes.
+
+Divergence: a non-finite loss or loss term on any rank stops every rank before its backward pass
+(`TrainingDiverged`, one line naming the step, the term and the last good checkpoint; `vcorr
+train` exits 2), and a checkpoint is never written from weights or optimiser state that hold a
+non-finite value. Gradient overflow under fp16 AMP (a finite loss whose step the GradScaler
+skips) is not divergence and is left to the scaler.
+
+Provenance: checkpoints and exports record the training code's digest (`training_code`, one
+entry per code that trained a part of the run: a resume by other code appends, with a warning).
 
 Datasets are built once per epoch: `build_dataset(cfg, index, epoch_seed=epoch)`, where a method
 combines the epoch with `cfg.seed` and the item index to seed each item's random choices.
@@ -21,9 +32,11 @@ the same command resumes where it stopped, with the same result as a run never i
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
 import random
+import shutil
 import signal
 import sys
 import time
@@ -46,14 +59,18 @@ from vcorr.device import resolve_device
 from vcorr.errors import VcorrError
 from vcorr.io import atomic_file
 from vcorr.provenance import git_state
-from vcorr.train import distributed, method_module
-from vcorr.train.checkpoint import (check_resumable, checkpoint_path, load_checkpoint, rng_state,
+from vcorr.train import distributed, method_module, training_code_digest
+from vcorr.train.checkpoint import (check_resumable, checkpoint_path, hold_workdir, load_checkpoint, rng_state,
                                     save_checkpoint, set_rng_state)
 from vcorr.train.config import TrainConfig
 from vcorr.train.data import ResumableSampler, check_images
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class TrainingDiverged(VcorrError):
+    """A loss term, or the state about to be saved, is not finite; nothing was saved from it."""
 
 
 class TrainingInterrupted(Exception):
@@ -96,6 +113,8 @@ class Run:
     position: Position
     workdir: Path
     git: dict[str, Any] = field(default_factory=dict)
+    training_code: list[str] = field(default_factory=list)  # digests of the code that trained it, oldest first
+    saved_step: int | None = None  # global step of the work dir's checkpoint, None before the first
 
     @property
     def unwrapped(self) -> nn.Module:
@@ -127,21 +146,28 @@ class StopRequest:
 
 
 class MetricsLog:
-    """metrics.csv and TensorBoard scalars in the work dir (rank 0), cut back to the resumed step
-    so rows logged after the last checkpoint of an interrupted run are not duplicated."""
+    """metrics.csv and TensorBoard scalars in the work dir (rank 0). On resume the CSV is cut back
+    to the checkpoint's step (an interrupted run's later rows are logged again as the steps are
+    redone) and TensorBoard is rebuilt from it: event files are append-only, so a resumed run
+    would otherwise show those steps twice."""
 
     def __init__(self, workdir: Path, resume_step: int):
         from torch.utils.tensorboard import SummaryWriter
 
         self.path = workdir / "metrics.csv"
         self.fields: list[str] = []
+        rows: list[dict[str, Any]] = []
         if self.path.exists():
             with open(self.path, newline="") as handle:
                 reader = csv.DictReader(handle)
                 self.fields = list(reader.fieldnames or [])
                 rows = [row for row in reader if int(row["step"]) <= resume_step]
             self._rewrite(rows)
-        self.tensorboard = SummaryWriter(str(workdir / "tensorboard"), purge_step=resume_step + 1)
+        board = workdir / "tensorboard"
+        shutil.rmtree(board, ignore_errors=True)
+        self.tensorboard = SummaryWriter(str(board))
+        for row in rows:
+            self._add_scalars(row)
 
     def _rewrite(self, rows: list[dict[str, Any]]) -> None:
         with atomic_file(self.path) as temporary:
@@ -161,10 +187,13 @@ class MetricsLog:
             self._rewrite(rows)
         with open(self.path, "a", newline="") as handle:
             csv.DictWriter(handle, self.fields, restval="").writerow(row)
-        for key, value in row.items():
-            if key not in ("epoch", "step"):
-                self.tensorboard.add_scalar(key, value, row["step"])
+        self._add_scalars(row)
         self.tensorboard.flush()
+
+    def _add_scalars(self, row: dict[str, Any]) -> None:
+        for key, value in row.items():
+            if key not in ("epoch", "step") and value != "":
+                self.tensorboard.add_scalar(key, float(value), int(row["step"]))
 
     def close(self) -> None:
         self.tensorboard.close()
@@ -269,17 +298,57 @@ def prepare(method: str, config: TrainConfig, index_path: str | Path, workdir: s
         ids = [torch_device.index] if torch_device.type == "cuda" else None
         model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
+    code = training_code_digest(method)
+    history = list(state.get("training_code") or []) if state is not None else []
+    if history and history[-1] != code and distributed.is_main():
+        print(f"warning: {checkpoint_path(workdir)} was trained by other training code ({history[-1][:12]}...); "
+              f"continuing with this code ({code[:12]}...): both are recorded in the export", file=sys.stderr)
     run = Run(method, module, config, torch_device, amp_dtype, index, str(index_path), model, optimizer, scheduler,
-              scaler, sampler, steps_per_epoch, last_step, position, workdir, git_state())
+              scaler, sampler, steps_per_epoch, last_step, position, workdir, git_state(),
+              training_code=history if history[-1:] == [code] else [*history, code],
+              saved_step=state["global_step"] if state is not None else None)
     return run, state
 
 
+def non_finite_entries(states: dict[str, dict[str, Any]]) -> list[str]:
+    """`<part>.<key>` of every floating-point tensor in `states` (nested state dicts) holding a NaN
+    or an infinity."""
+    found = []
+
+    def visit(prefix: str, value: Any) -> None:
+        if isinstance(value, torch.Tensor):
+            if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                found.append(prefix)
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                visit(f"{prefix}.{key}", item)
+        elif isinstance(value, (list, tuple)):
+            for index, item in enumerate(value):
+                visit(f"{prefix}.{index}", item)
+
+    for part, state in states.items():
+        visit(part, state)
+    return found
+
+
+def last_good_checkpoint(run: Run) -> str:
+    if run.saved_step is None:
+        return "none (no checkpoint was written before)"
+    return f"{run.checkpoint} (step {run.saved_step})"
+
+
 def save(run: Run) -> None:
-    """The rolling checkpoint (every rank takes part: RNG states are gathered to rank 0)."""
+    """The rolling checkpoint (every rank takes part: RNG states are gathered to rank 0). State
+    holding a non-finite value is never written: `TrainingDiverged` instead."""
     rng = distributed.gather_objects(rng_state())
     if not distributed.is_main():
         return
     model = run.unwrapped
+    broken = non_finite_entries({"model": model.state_dict(), "optimizer": run.optimizer.state_dict()})
+    if broken:
+        raise TrainingDiverged(f"training diverged by step {run.position.global_step}: {broken[0]} is not finite "
+                               f"({len(broken)} tensor(s)), so no checkpoint was written; last good checkpoint: "
+                               f"{last_good_checkpoint(run)}")
     position = run.position
     epoch, step_in_epoch = position.epoch, position.step_in_epoch
     if step_in_epoch == run.steps_per_epoch:
@@ -302,9 +371,11 @@ def save(run: Run) -> None:
         "rng": rng,
         "git_commit": run.git.get("commit"),
         "git_dirty": run.git.get("dirty"),
+        "training_code": run.training_code,
         "vcorr_version": __version__,
         "torch_version": torch.__version__,
     })
+    run.saved_step = position.global_step
 
 
 def _ignore_stop_signals(worker: int) -> None:
@@ -327,9 +398,24 @@ def make_loader(run: Run) -> DataLoader:
                       worker_init_fn=_ignore_stop_signals)
 
 
-def train_one_epoch(run: Run, loader: DataLoader, after_step: Callable[[torch.Tensor, dict[str, float], int], None]) -> bool:
+def stop_if_diverged(run: Run, terms: dict[str, Any]) -> dict[str, float]:
+    """Before the backward pass: every rank stops when a term is not finite on any rank. Returns
+    the terms as floats (what the step hooks log)."""
+    values = {name: float(value.detach()) if isinstance(value, torch.Tensor) else float(value) for name, value in terms.items()}
+    bad = next((name for name, value in values.items() if not math.isfinite(value)), None)
+    if not distributed.any_rank(bad is not None, run.device):
+        return values
+    rank, name = next((rank, name) for rank, name in enumerate(distributed.gather_objects(bad)) if name is not None)
+    where = f" on rank {rank}" if distributed.world_size() > 1 else ""
+    shown = f" ({values[name]})" if rank == distributed.rank() else ""
+    raise TrainingDiverged(f"training diverged at step {run.position.global_step + 1}: {name} is not finite{shown}{where}; "
+                           f"nothing was saved after the last good checkpoint: {last_good_checkpoint(run)}")
+
+
+def train_one_epoch(run: Run, loader: DataLoader, after_step: Callable[[dict[str, float], int], None]) -> bool:
     """Steps over `loader` until it ends or the run reaches its last step (then returns True);
-    `after_step(loss, terms, images)` runs after each step (logging, checkpoints, signals)."""
+    `after_step(values, images)` runs after each step with the loss and its terms as floats
+    (logging, checkpoints, signals)."""
     training_step = run.module.training_step
     run.model.train()
     batches = iter(loader)
@@ -338,6 +424,7 @@ def train_one_epoch(run: Run, loader: DataLoader, after_step: Callable[[torch.Te
             batch = tuple(tensor.to(run.device, non_blocking=True) for tensor in batch)
             with torch.autocast(run.device.type, dtype=run.amp_dtype or torch.float32, enabled=run.amp_dtype is not None):
                 loss, terms = training_step(run.model, batch)
+            values = stop_if_diverged(run, {"loss": loss, **terms})
             run.optimizer.zero_grad(set_to_none=True)
             run.scaler.scale(loss).backward()
             run.scaler.step(run.optimizer)
@@ -346,7 +433,7 @@ def train_one_epoch(run: Run, loader: DataLoader, after_step: Callable[[torch.Te
                 run.scheduler.step()
             run.position.step_in_epoch += 1
             run.position.global_step += 1
-            after_step(loss, terms, len(batch[0]))
+            after_step(values, len(batch[0]))
             if run.position.global_step >= run.last_step:
                 return True
         return False
@@ -370,9 +457,8 @@ class _StepHooks:
         self.images = 0
         self.last_terms: dict[str, float] = {}
 
-    def __call__(self, loss: torch.Tensor, terms: dict[str, float], images: int) -> None:
+    def __call__(self, values: dict[str, float], images: int) -> None:
         run, position, config = self.run, self.run.position, self.run.config
-        values = {"loss": float(loss.detach()), **{key: float(value) for key, value in terms.items()}}
         for key, value in values.items():
             self.window_terms[key] = self.window_terms.get(key, 0.0) + value
         self.window_steps += 1
@@ -418,7 +504,7 @@ def export(run: Run, out: Path) -> None:
     """The method's export of the trained model to `out`, atomically."""
     meta = {"method": run.method, "config": run.config.as_dict(), "steps": run.position.global_step,
             "epochs": run.config.epochs, "index": run.index_path, "git_commit": run.git.get("commit"),
-            "vcorr_version": __version__}
+            "training_code": run.training_code, "vcorr_version": __version__}
     exported = run.module.export(run.unwrapped, run.config, meta)
     with atomic_file(out) as temporary:
         torch.save(exported, temporary)
@@ -429,17 +515,18 @@ def train(method: str, config: TrainConfig, index_path: str | Path, workdir: str
     """Train (or resume) `method` on the images of an index; export to `out` once complete.
 
     Returns a summary: steps, epochs, seconds, images/s, the last logged terms, whether it resumed.
-    Raises `TrainingInterrupted` after checkpointing when SIGTERM / SIGUSR1 arrives.
+    Raises `TrainingInterrupted` after checkpointing when SIGTERM / SIGUSR1 arrives, and
+    `TrainingDiverged` (nothing saved) when a loss term or the state to save is not finite.
     """
     out = Path(out)
     try:
-        with StopRequest() as stop:
+        with StopRequest() as stop, contextlib.ExitStack() as held:
             run, state = prepare(method, config, index_path, workdir, device=device, restart=restart)
             main = distributed.is_main()
             start_step = run.position.global_step
             log = progress = None
             if main:
-                run.workdir.mkdir(parents=True, exist_ok=True)
+                held.enter_context(hold_workdir(run.workdir))
                 _write_config(run)
                 log = MetricsLog(run.workdir, start_step)
                 progress = tqdm(total=run.last_step, initial=start_step, desc=f"train {method}", unit="step",

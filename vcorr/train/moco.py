@@ -33,7 +33,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import pandas as pd
 import torch
@@ -80,6 +80,11 @@ class Config(TrainConfig):
     shuffle_bn: bool = True  # MoCo's batch shuffle of the key images across ranks
     drop_last: bool = True  # main_moco.py's DataLoader(drop_last=True): the queue takes whole batches only
 
+    BOUNDS: ClassVar[dict[str, str]] = {
+        "dim": ">= 1", "queue_size": ">= 1", "lr_batch": ">= 1", "temperature": "> 0", "key_momentum": "in [0, 1]",
+        "sgd_momentum": ">= 0",
+    }
+
     def __post_init__(self) -> None:
         super().__post_init__()
         choices = {"arch": ARCHS, "augmentation": AUGMENTATIONS, "lr_schedule": LR_SCHEDULES}
@@ -96,11 +101,6 @@ class Config(TrainConfig):
             raise VcorrError("shuffle_bn and sync_bn are alternatives: set shuffle_bn: false to use sync_bn")
         if not 0.0 < self.crop_scale[0] <= self.crop_scale[1] <= 1.0:
             raise VcorrError(f"crop_scale: {self.crop_scale} is not 0 < min <= max <= 1")
-        for key in ("dim", "lr_batch"):
-            if getattr(self, key) < 1:
-                raise VcorrError(f"{key}: must be at least 1, got {getattr(self, key)}")
-        if self.temperature <= 0:
-            raise VcorrError(f"temperature: must be positive, got {self.temperature}")
 
 
 # --------------------------------------------------------------------------------------------

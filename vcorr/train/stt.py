@@ -46,7 +46,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import cv2
 import numpy as np
@@ -119,6 +119,12 @@ class Config(TrainConfig):
     crop_tries: int = 20
     flip: float = 0.5
 
+    BOUNDS: ClassVar[dict[str, str]] = {
+        "selection_ratio": "in (0, 1]", "reconstruction_weight": ">= 0", "teacher_temperature": "> 0",
+        "min_lr_ratio": ">= 0", "warmup_epochs": ">= 0", "warmup_ratio": ">= 0", "crop_tries": ">= 1",
+        "flip": "in [0, 1]", **{f"weight_{term}": ">= 0" for term in ("stage0", "stage1", "local", "global")},
+    }
+
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.selection not in SELECTIONS:
@@ -129,8 +135,6 @@ class Config(TrainConfig):
         for key in ("student_format", "teacher_format"):
             if getattr(self, key) not in FORMATS:
                 raise VcorrError(f"{key}: {getattr(self, key)!r} is not one of {', '.join(FORMATS)}")
-        if not 0 < self.selection_ratio <= 1:
-            raise VcorrError(f"selection_ratio: must be in (0, 1], got {self.selection_ratio}")
         if self.radius[0] > 2 * self.radius[1]:
             # The pooled level-0 affinity would reach outside the level-1 windows.
             raise VcorrError(f"radius: level 0's {self.radius[0]} exceeds twice level 1's ({self.radius[1]})")

@@ -64,6 +64,13 @@ METHODS = read_registry("methods")
 # Models the workflow trains (rules/train.smk); a registry folder without models.yaml trains none.
 MODELS = read_registry("models", optional=True)
 MODEL_FILE = "results/models/{model}.pth"
+
+
+def model_of_file(path):
+    """The model whose export `path` is (results/models/<model>.pth), else None."""
+    found = re.fullmatch(re.escape(MODEL_FILE).replace(re.escape("{model}"), "(.+)"), path or "")
+    return found[1] if found else None
+
 # The cross-protocol table's references; a registry folder without protocols.yaml has no variants.
 PROTOCOLS = read_registry("protocols", optional=True)
 
@@ -96,11 +103,10 @@ def check_references():
             weights_id = (encoder.get("weights") or {}).get("id")
             if weights_id is not None and weights_id not in DATASETS:
                 raise WorkflowError(f"{REGISTRY_DIR / 'methods.yaml'}: {name}.encoders.{index}.weights.id: '{weights_id}' is not in datasets.yaml")
-            path = (encoder.get("weights") or {}).get("path")
-            trained = re.fullmatch(re.escape(MODEL_FILE).replace(re.escape("{model}"), "(.+)"), path or "")
-            if trained and trained[1] not in MODELS:
+            trained = model_of_file((encoder.get("weights") or {}).get("path"))
+            if trained and trained not in MODELS:
                 raise WorkflowError(f"{REGISTRY_DIR / 'methods.yaml'}: {name}.encoders.{index}.weights.path: "
-                                    f"'{trained[1]}' is not a model of models.yaml")
+                                    f"'{trained}' is not a model of models.yaml")
     where = REGISTRY_DIR / "models.yaml"
     for name, entry in MODELS.items():
         dataset_id, split = entry["data"]["dataset"], entry["data"]["split"]
@@ -471,6 +477,47 @@ def training_resources():
     return request
 
 
+# --- code digests ----------------------------------------------------------------------------
+# The code that computes each kind of output (vcorr.provenance: every module an entry point reaches,
+# comments and docstrings left out), given to the rules as params: a vcorr change that alters
+# predictions reruns the propagations and what reads them; one that alters a scorer reruns that
+# scorer's jobs; an edit of comments or docstrings reruns nothing. Training code is recorded in
+# each model and compared by `vcorr report result` (flagged, not retrained: `--forcerun train`).
+
+
+@functools.cache
+def prediction_code():
+    from vcorr.evaluation.pipeline import prediction_code_digest
+
+    return prediction_code_digest()
+
+
+@functools.cache
+def scoring_code(scorer):
+    from vcorr.evaluation.scoring import scoring_code_digest
+
+    return scoring_code_digest(scorer)
+
+
+@functools.cache
+def training_code(method):
+    from vcorr.train import training_code_digest
+
+    return training_code_digest(method)
+
+
+def trained_models(method):
+    """The models of models.yaml whose exports `method` (of EVALUATED) reads."""
+    names = (model_of_file((encoder.get("weights") or {}).get("path")) for encoder in EVALUATED[method]["encoders"])
+    return [name for name in names if name in MODELS]
+
+
+def models_training_code(method):
+    """{model: the digest of its training method's code} for the models `method` reads: the result
+    rule's param, so that a change of training code re-flags the results (never retrains)."""
+    return {model: training_code(MODELS[model]["method"]) for model in trained_models(method)}
+
+
 # --- propagation -----------------------------------------------------------------------------
 
 
@@ -597,7 +644,6 @@ from types import SimpleNamespace
 def trained_models_read():
     """Models of models.yaml that a requested method reads, and the models they start from
     (stage one before stage two): their training curves go on the page."""
-    pattern = re.escape(MODEL_FILE).replace(re.escape("{model}"), "(.+)")
     models = []
 
     def add(model):
@@ -608,10 +654,8 @@ def trained_models_read():
             models.append(model)
 
     for method in sorted({method for _, method in requested_pairs()}):
-        for encoder in METHODS[method]["encoders"]:
-            trained = re.fullmatch(pattern, (encoder.get("weights") or {}).get("path") or "")
-            if trained:
-                add(trained[1])
+        for model in trained_models(method):
+            add(model)
     return models
 
 

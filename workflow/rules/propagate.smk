@@ -12,6 +12,8 @@ rule propagate:
         data_root=lambda wildcards: data_root(wildcards.benchmark),
         # The method's settings for this benchmark: a change reruns this benchmark only.
         settings=propagation_settings,
+        # The prediction code's digest: a change of vcorr that alters predictions reruns them.
+        code=lambda wildcards: prediction_code(),
         overrides=lambda wildcards: parameter_overrides(wildcards.benchmark),
         shard=shard_argument,
         device=config["propagation"]["device"],

@@ -17,6 +17,9 @@ rule result:
         ),
     params:
         overrides=lambda wildcards: parameter_overrides(wildcards.benchmark),
+        # A change of the code that trains a model this method reads re-flags the result (it
+        # names models trained by other code; retraining stays `--forcerun train`).
+        training_code=lambda wildcards: models_training_code(wildcards.method),
     log:
         "logs/result/{benchmark}/{method}.log",
     resources:

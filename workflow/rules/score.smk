@@ -11,6 +11,8 @@ rule score:
         "results/scores/{benchmark}/{method}.json",
     params:
         scorer=lambda wildcards: BENCHMARKS[wildcards.benchmark]["scorer"],
+        # This scorer's code digest: a change of it reruns its scorings only.
+        code=lambda wildcards: scoring_code(BENCHMARKS[wildcards.benchmark]["scorer"]),
         root=lambda wildcards: data_root(wildcards.benchmark),
         extra=scorer_arguments,
     wildcard_constraints:
