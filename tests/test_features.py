@@ -50,15 +50,22 @@ def test_bad_frames_and_inputs_are_refused(frames):
         normalise_frames(frames, "hsv")
 
 
-def test_resolve_device():
-    assert resolve_device("cpu") == torch.device("cpu")
-    expected = "cuda" if torch.cuda.is_available() else "cpu"
-    assert resolve_device("auto").type == expected
-    if not torch.cuda.is_available():
-        with pytest.raises(VcorrError, match="CUDA"):
-            resolve_device("cuda")
-    with pytest.raises(VcorrError):
+def test_resolve_device_without_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("cpu") == resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(VcorrError, match="--device cuda: CUDA is not available"):
+        resolve_device("cuda")
+    with pytest.raises(VcorrError, match="--device tpu: unknown device"):
         resolve_device("tpu")
+
+
+def test_resolve_device_with_cuda_takes_this_processs_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert resolve_device("auto") == resolve_device("cuda") == torch.device("cuda:0")
+    monkeypatch.setenv("LOCAL_RANK", "1")  # the second process of a torchrun node
+    assert resolve_device("auto") == torch.device("cuda:1")
+    assert resolve_device("cuda:3") == torch.device("cuda:3") and resolve_device("cpu") == torch.device("cpu")
 
 
 def extractor_for(encoders, fusion=None, input="imagenet_rgb", **options) -> FeatureExtractor:

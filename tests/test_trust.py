@@ -163,11 +163,12 @@ def test_a_bad_propagation_set_fails_the_dry_run_naming_the_key(tmp_path, overri
 
 def test_a_good_propagation_set_is_planned(tmp_path):
     overlay = tmp_path / "overlay.yaml"
-    overlay.write_text(yaml.safe_dump({"propagation": {"set": {"davis17": {"topk": 3}}}}))
+    # Written as people write numbers: YAML 1.1 (Snakemake's reader) would take 7e-2 for a string.
+    overlay.write_text("propagation: {set: {davis17: {topk: 3, temp: 7e-2}}}\n")
     done = snakemake("-n", "-p", "results/davis17/random_r18.json", "--configfile", str(REPO / "config/config.yaml"),
                      str(overlay), cwd=tmp_path)
     assert done.returncode == 0, done.stdout
-    assert "--set topk=3" in done.stdout
+    assert "--set temp=0.07 --set topk=3" in done.stdout
 
 
 # --- point 4: targets the registries do not know -------------------------------------------------
@@ -300,10 +301,11 @@ def test_amp_on_the_cpu_warns_once_and_the_run_ends_with_a_summary(davis, tmp_pa
     assert "done: 0 sequence(s) propagated (0 frames in" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("command", [["propagate"], ["score", "davis"], ["score", "jhmdb"], ["score", "vip"]])
-def test_out_has_help_text(command):
+@pytest.mark.parametrize(("command", "says"), [(["propagate"], "folder"), (["score", "davis"], "JSON"),
+                                              (["score", "jhmdb"], "JSON"), (["score", "vip"], "JSON")])
+def test_out_help_says_what_is_written(command, says):
     parser = build_parser()
     for name in command:
         parser = next(action for action in parser._actions if hasattr(action, "choices") and isinstance(action.choices, dict)).choices[name]
     out = next(action for action in parser._actions if "--out" in action.option_strings)
-    assert out.help and len(out.help) > 10
+    assert says in out.help, out.help

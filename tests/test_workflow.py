@@ -12,74 +12,22 @@ from __future__ import annotations
 
 import copy
 import csv
-import functools
-import hashlib
-import http.server
-import importlib.util
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-SNAKEFILE = REPO / "workflow" / "Snakefile"
-TINY = REPO / ".test"
-DEFAULT_PROFILE = REPO / "profiles" / "default"
-RUN_TIMEOUT_S = 600
-
-
-def snakemake(*args: str, cwd: Path, env: dict | None = None, timeout: float = RUN_TIMEOUT_S) -> subprocess.CompletedProcess:
-    """`snakemake ARGS` as run from the repository root (its Snakefile and profiles/default), in
-    the working directory `cwd`; stdout and stderr captured together."""
-    command = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--workflow-profile", str(DEFAULT_PROFILE), *args]
-    environment = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.run(command, cwd=cwd, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, timeout=timeout)
-
-
-def planned_jobs(dry_run_output: str) -> Counter:
-    """(rule, benchmark, method, part) of every job a `snakemake -n` lists, with multiplicity."""
-    jobs, current = [], None
-    for line in dry_run_output.splitlines():
-        header = re.fullmatch(r"(?:local)?rule (\S+):", line.strip())
-        if header:
-            current = {"rule": header[1]}
-            jobs.append(current)
-        elif current is not None and line.strip().startswith("wildcards:"):
-            for item in line.split(":", 1)[1].split(","):
-                key, _, value = item.strip().partition("=")
-                current[key] = value
-    return Counter((job["rule"], job.get("benchmark"), job.get("method"), job.get("part")) for job in jobs)
-
-
-def rule_counts(dry_run_output: str) -> Counter:
-    counts = Counter()
-    for (rule, *_wildcards), count in planned_jobs(dry_run_output).items():
-        counts[rule] += count
-    return counts
-
-
-def registry(name: str, folder: Path = REPO / "config") -> dict:
-    return yaml.safe_load((folder / f"{name}.yaml").read_text())
-
+from workflow_fixtures import (REPO, RUN_TIMEOUT_S, TINY, TinyWorkspace, fork_workspace, load_builder, planned_jobs,
+                               registry, rule_counts, sha256, snakemake)
 
 # --- the project's registries: dry runs ------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def fresh_directory(tmp_path_factory) -> Path:
-    """An empty working directory: what a fresh clone has under resources/ and results/."""
-    return tmp_path_factory.mktemp("fresh")
 
 
 def test_dry_run_of_one_result_lists_every_stage_from_download_to_score(fresh_directory):
@@ -155,21 +103,44 @@ def test_lint_is_clean(fresh_directory):
     assert "Congratulations, your workflow is in a good condition!" in done.stdout, done.stdout
 
 
+def merged(base: dict, overlay: dict) -> dict:
+    """`overlay` over `base`, nested mappings merged (as Snakemake merges --configfile files)."""
+    result = copy.deepcopy(base)
+    for key, value in overlay.items():
+        result[key] = merged(result[key], value) if isinstance(value, dict) and isinstance(result.get(key), dict) else value
+    return result
+
+
+def test_bad_config_fails_the_dry_run_naming_the_key(fresh_directory, tmp_path):
+    overlay_file = tmp_path / "overlay.yaml"
+    overlay_file.write_text(yaml.safe_dump({"resoures": {}}))
+    done = snakemake("-n", "--configfile", str(REPO / "config/config.yaml"), str(overlay_file), cwd=fresh_directory)
+    assert done.returncode != 0
+    assert "resoures" in done.stdout, done.stdout
+
+
 @pytest.mark.parametrize(
     ("overlay", "message"),
     [
-        ({"evaluate": {"methods": ["no_such_method"]}}, "no_such_method"),
-        ({"propagation": {"device": "tpu"}}, "tpu"),
-        ({"propagation": {"shards": {"ytvos18": 0}}}, "minimum"),
-        ({"resoures": {}}, "resoures"),
+        ({"propagation": {"device": "tpu"}}, "propagation.device: 'tpu' is not one of"),
+        ({"propagation": {"shards": {"ytvos18": 0}}}, "propagation.shards.ytvos18: 0 is less than the minimum of 1"),
+        ({"resoures": {}}, "(top level): Additional properties are not allowed ('resoures' was unexpected)"),
     ],
 )
-def test_bad_config_is_refused_with_the_key(fresh_directory, tmp_path, overlay, message):
+def test_bad_config_values_are_named_by_the_schema_check(overlay, message):
+    # The check the dry run above makes, in-process: the schema the Snakefile validates against.
+    from vcorr.config import schema_error
+
+    config = merged(registry("config"), overlay)
+    assert message in (schema_error(config, REPO / "workflow/schemas/config.schema.yaml") or ""), overlay
+
+
+def test_an_unknown_method_in_the_config_fails_the_dry_run(fresh_directory, tmp_path):
     overlay_file = tmp_path / "overlay.yaml"
-    overlay_file.write_text(yaml.safe_dump(overlay))
+    overlay_file.write_text(yaml.safe_dump({"evaluate": {"methods": ["no_such_method"]}}))
     done = snakemake("-n", "--configfile", str(REPO / "config/config.yaml"), str(overlay_file), cwd=fresh_directory)
     assert done.returncode != 0
-    assert message in done.stdout
+    assert "config evaluate.methods: unknown no_such_method" in done.stdout, done.stdout
 
 
 def registry_copy(folder: Path) -> Path:
@@ -181,18 +152,18 @@ def registry_copy(folder: Path) -> Path:
     return folder
 
 
-@pytest.mark.parametrize(
-    ("registry_name", "typo", "key"),
-    [
-        ("methods", lambda data: data["random_r18"].update(fusoin=None), "random_r18"),
-        ("methods", lambda data: data["random_r18"].update(benchmarks={"davis17": {"cxt_size": 2, "radius": 4, "topk": "ten", "temp": 0.1}}),
-         "random_r18.benchmarks.davis17.topk"),
-        ("benchmarks", lambda data: data["davis17"].update(layuot="davis"), "davis17"),
-        ("benchmarks", lambda data: data["vip"].update(layout="vipp"), "vip.layout"),
-        ("datasets", lambda data: data["davis17"]["files"][0].update(sah256=None), "davis17.files.0"),
-    ],
-)
-def test_a_registry_typo_fails_the_dry_run_naming_file_and_key(fresh_directory, tmp_path, registry_name, typo, key):
+REGISTRY_TYPOS = [
+    ("methods", lambda data: data["random_r18"].update(fusoin=None), "random_r18"),
+    ("methods", lambda data: data["random_r18"].update(benchmarks={"davis17": {"cxt_size": 2, "radius": 4, "topk": "ten", "temp": 0.1}}),
+     "random_r18.benchmarks.davis17.topk"),
+    ("benchmarks", lambda data: data["davis17"].update(layuot="davis"), "davis17"),
+    ("benchmarks", lambda data: data["vip"].update(layout="vipp"), "vip.layout"),
+    ("datasets", lambda data: data["davis17"]["files"][0].update(sah256=None), "davis17.files.0"),
+]
+
+
+def test_a_registry_typo_fails_the_dry_run_naming_file_and_key(fresh_directory, tmp_path):
+    registry_name, typo, key = REGISTRY_TYPOS[1]
     folder = registry_copy(tmp_path / "registries")
     data = registry(registry_name, folder)
     typo(data)
@@ -202,6 +173,17 @@ def test_a_registry_typo_fails_the_dry_run_naming_file_and_key(fresh_directory, 
     done = snakemake("-n", "--configfile", str(REPO / "config/config.yaml"), str(overlay_file), cwd=fresh_directory)
     assert done.returncode != 0
     assert f"{folder / registry_name}.yaml: {key}:" in done.stdout, done.stdout
+
+
+@pytest.mark.parametrize(("registry_name", "typo", "key"), REGISTRY_TYPOS)
+def test_registry_typos_are_named_by_the_schema_check(registry_name, typo, key):
+    # The check the dry run above makes, in-process, for every kind of typo.
+    from vcorr.config import schema_error
+
+    data = registry(registry_name)
+    typo(data)
+    error = schema_error(data, REPO / f"workflow/schemas/{registry_name}.schema.yaml")
+    assert error is not None and error.startswith(f"{key}:"), error
 
 
 def test_a_benchmark_added_to_the_registry_alone_is_planned_like_the_others(fresh_directory, tmp_path):
@@ -224,82 +206,9 @@ def test_a_benchmark_added_to_the_registry_alone_is_planned_like_the_others(fres
 # --- the tiny configuration, run for real ----------------------------------------------------
 
 
-def load_builder():
-    spec = importlib.util.spec_from_file_location("tiny_build_data", TINY / "build_data.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@dataclass
-class TinyWorkspace:
-    """A working directory for the tiny configuration, with its own copy of the registries."""
-
-    root: Path
-    registries: Path
-    mirror_url: str
-
-    def config_files(self, **overlay) -> list[str]:
-        overlay_file = self.root / "overlay.yaml"
-        overlay_file.write_text(yaml.safe_dump({"registries": str(self.registries), **overlay}))
-        return ["--configfile", str(TINY / "config/config.yaml"), str(overlay_file)]
-
-    def run(self, *args: str, overlay: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
-        # Options taking several values (--configfile, --forcerun) end where the next one starts.
-        return snakemake(*args, *self.config_files(**(overlay or {})), cwd=self.root,
-                         env={"VCORR_MIRROR": self.mirror_url}, **kwargs)
-
-
-class QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args) -> None:
-        pass
-
-
-def serve(folder: Path) -> tuple[http.server.ThreadingHTTPServer, str]:
-    """`folder` over HTTP on 127.0.0.1 (an ephemeral port), in a daemon thread: (server, base URL)."""
-    handler = functools.partial(QuietHandler, directory=str(folder))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server, f"http://127.0.0.1:{server.server_address[1]}"
-
-
-def make_tiny_workspace(root: Path, mirror: Path, mirror_url: str) -> TinyWorkspace:
-    """Registries copied (benchmarks.yaml resolved), manual-only archives placed by hand."""
-    registries = root / "registries"
-    shutil.copytree(TINY / "config", registries, symlinks=False)
-    (registries / "config.yaml").unlink()
-    datasets = registry("datasets", registries)
-    for dataset, entry in datasets.items():
-        if entry.get("manual"):
-            shutil.copytree(mirror / dataset, root / "resources" / "downloads" / dataset)
-    return TinyWorkspace(root, registries, mirror_url)
-
-
-@pytest.fixture(scope="module")
-def tiny_mirror(tmp_path_factory):
-    mirror = tmp_path_factory.mktemp("mirror")
-    load_builder().build(mirror)
-    server, url = serve(mirror)
-    yield mirror, url
-    server.shutdown()
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, tiny_mirror):
-    """The tiny configuration run once from scratch: (workspace, the run's output)."""
-    mirror, url = tiny_mirror
-    workspace = make_tiny_workspace(tmp_path_factory.mktemp("tiny"), mirror, url)
-    done = workspace.run("--cores", "2")
-    return workspace, done
-
-
 def tiny_pairs(workspace: TinyWorkspace) -> list[tuple[str, str]]:
     evaluate = yaml.safe_load((TINY / "config/config.yaml").read_text())["evaluate"]
     return [(b, m) for b in evaluate["benchmarks"] for m in evaluate["methods"]]
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @pytest.mark.slow
@@ -312,12 +221,10 @@ def test_tiny_configuration_runs_end_to_end(tiny_run):
         result = json.loads((root / "results" / benchmark / f"{method}.json").read_text())
         assert (result["benchmark"], result["method"]) == (benchmark, method)
         provenance = result["provenance"]
-        # The checkout's own commit (a test run outside a git checkout records none).
-        if (REPO / ".git").exists():
-            head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-            assert provenance["git"]["commit"] == head
-        else:
-            assert provenance["git"]["commit"] is None
+        # The commit of the checkout that ran (the session's copy of this one).
+        head = subprocess.run(["git", "-C", str(workspace.checkout), "rev-parse", "HEAD"], capture_output=True,
+                              text=True).stdout.strip()
+        assert provenance["git"]["commit"] == head and provenance["git"]["dirty"] is False
         assert provenance["settings"]["protocol"] == "crw"
         assert provenance["timings"]["propagate_s"] > 0
         checkpoints = provenance["checkpoints"]
@@ -360,8 +267,6 @@ def test_report_holds_the_summary_table_and_every_result(tiny_run):
 def test_cross_protocol_table_lists_every_method_protocol_and_benchmark(tiny_run):
     workspace, first = tiny_run
     assert first.returncode == 0
-    done = workspace.run("--cores", "2", "results/cross_protocol.csv")
-    assert done.returncode == 0, done.stdout[-6000:]
     root = workspace.root
     rows = list(csv.DictReader((root / "results/cross_protocol.csv").open()))
     local = [b for b in ("davis17", "jhmdb", "vip", "ytvos18") if registry("benchmarks")[b]["scorer"] != "server"]
@@ -436,10 +341,87 @@ def test_editing_one_methods_registry_settings_reruns_only_that_pair(tiny_run):
     })
 
 
+class EditedCode:
+    """An edit of the tiny run's checkout (a line appended to one vcorr module), put back on exit."""
+
+    def __init__(self, workspace: TinyWorkspace, module: str, line: str):
+        self.path = workspace.checkout / "vcorr" / module
+        self.line = line
+
+    def __enter__(self):
+        self.original = self.path.read_text()
+        self.path.write_text(self.original + f"\n{self.line}\n")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.path.write_text(self.original)
+
+
+def downstream_of_propagation(workspace: TinyWorkspace, benchmarks=None) -> Counter:
+    """Every job a rerun of the tiny run's propagations on `benchmarks` (default all) plans."""
+    jobs = Counter({("summary", None, None, None): 1, ("all", None, None, None): 1})
+    for benchmark, method in tiny_pairs(workspace):
+        if benchmarks is not None and benchmark not in benchmarks:
+            continue
+        if benchmark == "ytvos18":
+            jobs.update({("propagate", benchmark, method, f"shard-{i}-of-2"): 1 for i in range(2)})
+            jobs.update({("export", benchmark, method, None): 1})
+        else:
+            jobs.update({("propagate", benchmark, method, "all"): 1, ("score", benchmark, method, None): 1})
+        jobs.update({("result", benchmark, method, None): 1})
+    return jobs
+
+
 @pytest.mark.slow
-def test_replacing_a_weights_file_reruns_what_used_it_and_a_concurrent_run_is_locked_out(tiny_run):
+@pytest.mark.parametrize(("module", "line", "stale"), [
+    # heatmaps_to_coords' module: JHMDB coordinates are decoded during propagation (and scored).
+    ("metrics/pck.py", "heatmaps_to_coords.__doc__ = None", "predictions"),
+    # One scorer's code: its scorings only, every propagation stays.
+    ("metrics/davis.py", "boundary_tolerance.__doc__ = None", "davis17 scores"),
+    ("propagation/protocols.py", "# a comment only", "nothing"),
+])
+def test_a_code_change_reruns_exactly_the_stale_propagations_and_scorings(tiny_run, module, line, stale):
     workspace, first = tiny_run
     assert first.returncode == 0
+    with EditedCode(workspace, module, line):
+        done = workspace.run("-n")
+    assert done.returncode == 0, done.stdout[-3000:]
+    if stale == "nothing":
+        assert "Nothing to be done" in done.stdout and not planned_jobs(done.stdout), done.stdout[-3000:]
+        return
+    if stale == "predictions":
+        assert planned_jobs(done.stdout) == downstream_of_propagation(workspace)
+    else:
+        assert planned_jobs(done.stdout) == Counter({
+            ("score", "davis17", "tiny_random", None): 1, ("score", "davis17", "tiny_crw", None): 1,
+            ("result", "davis17", "tiny_random", None): 1, ("result", "davis17", "tiny_crw", None): 1,
+            ("summary", None, None, None): 1, ("all", None, None, None): 1,
+        })
+
+
+@pytest.mark.slow
+def test_a_training_code_change_flags_the_results_and_retrains_nothing(tiny_run, tmp_path):
+    workspace, first = tiny_run
+    assert first.returncode == 0
+    workspace = fork_workspace(workspace, tmp_path / "fork")
+    target = "results/davis17/tiny_hvc.json"
+    with EditedCode(workspace, "train/hvc.py", "VARIANTS = tuple(VARIANTS)"):
+        planned = workspace.run("-n", target)
+        assert planned_jobs(planned.stdout) == Counter({("result", "davis17", "tiny_hvc", None): 1}), planned.stdout[-3000:]
+        done = workspace.run("--cores", "1", target)
+    assert done.returncode == 0, done.stdout[-3000:]
+    result = json.loads((workspace.root / target).read_text())
+    assert result["note"].startswith("model trained by other code: results/models/tiny_hvc.pth")
+    (stale,) = result["provenance"]["trained_by_other_code"]
+    assert stale["method"] == "hvc" and stale["current"] not in stale["trained_with"]
+    assert "--forcerun train" in result["note"]
+
+
+@pytest.mark.slow
+def test_replacing_a_weights_file_reruns_what_used_it_and_a_concurrent_run_is_locked_out(tiny_run, tmp_path):
+    workspace, first = tiny_run
+    assert first.returncode == 0
+    workspace = fork_workspace(workspace, tmp_path / "fork")
     root = workspace.root
     weights = root / "resources/data/crw/pretrained.pth"
     load_builder().write_crw_checkpoint(weights, seed=1)
@@ -457,8 +439,9 @@ def test_replacing_a_weights_file_reruns_what_used_it_and_a_concurrent_run_is_lo
 
     # Run it, and start a second run on the same directory while the first holds the lock.
     summary_before = (root / "results/summary.csv").read_text()
-    command = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--workflow-profile", str(DEFAULT_PROFILE),
-               "--cores", "1", *workspace.config_files()]
+    checkout = workspace.checkout
+    command = [sys.executable, "-m", "snakemake", "-s", str(checkout / "workflow/Snakefile"), "--workflow-profile",
+               str(checkout / "profiles/default"), "--cores", "1", *workspace.config_files()]
     first_run = subprocess.Popen(command, cwd=root, env={**os.environ, "OMP_NUM_THREADS": "1"},
                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -486,9 +469,10 @@ def test_replacing_a_weights_file_reruns_what_used_it_and_a_concurrent_run_is_lo
 
 
 @pytest.mark.slow
-def test_a_failing_job_leaves_no_partial_output_and_a_log_naming_the_cause(tiny_run):
+def test_a_failing_job_leaves_no_partial_output_and_a_log_naming_the_cause(tiny_run, tmp_path):
     workspace, first = tiny_run
     assert first.returncode == 0
+    workspace = fork_workspace(workspace, tmp_path / "fork")
     root = workspace.root
     frames = sorted((root / "resources/data/vip/VIP_Fine/Images/videos2").glob("*.jpg"))
     broken = frames[-1]

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from test_workflow import REPO, fresh_directory, make_tiny_workspace, registry, sha256, snakemake, tiny_mirror  # noqa: F401
+from workflow_fixtures import REPO, TRAINED, make_tiny_workspace, registry, sha256, snakemake
 
 CONFIG = str(REPO / "config/config.yaml")
 SLURM_PROFILE = str(REPO / "profiles/slurm")
@@ -170,10 +170,6 @@ def test_a_model_naming_an_unknown_stage_fails_the_dry_run(fresh_directory, tmp_
 # --- the tiny configuration -------------------------------------------------------------------
 
 
-TRAINED = ["results/davis17/tiny_hvc.json", "results/davis17/tiny_stt.json", "results/jhmdb/tiny_stt.json",
-           "results/vip/tiny_stt.json"]
-
-
 def test_manual_training_data_fails_its_job_with_where_to_put_it_not_the_dry_run(tiny_mirror, tmp_path):
     mirror, url = tiny_mirror
     workspace = make_tiny_workspace(tmp_path, mirror, url)
@@ -189,18 +185,9 @@ def test_manual_training_data_fails_its_job_with_where_to_put_it_not_the_dry_run
     assert not (workspace.root / "resources/index/imagenet.csv").exists()
 
 
-@pytest.fixture(scope="module")
-def tiny_trained(tmp_path_factory, tiny_mirror):
-    """The tiny configuration's trained methods, run once from scratch: (workspace, output)."""
-    mirror, url = tiny_mirror
-    workspace = make_tiny_workspace(tmp_path_factory.mktemp("tiny-train"), mirror, url)
-    done = workspace.run("--cores", "2", *TRAINED)
-    return workspace, done
-
-
 @pytest.mark.slow
-def test_tiny_models_train_and_are_evaluated_end_to_end(tiny_trained):
-    workspace, done = tiny_trained
+def test_tiny_models_train_and_are_evaluated_end_to_end(tiny_run):
+    workspace, done = tiny_run
     assert done.returncode == 0, done.stdout[-6000:]
     root = workspace.root
     for target in TRAINED:
@@ -221,8 +208,8 @@ def test_tiny_models_train_and_are_evaluated_end_to_end(tiny_trained):
 
 
 @pytest.mark.slow
-def test_changing_a_training_hyper_parameter_reruns_that_training_and_what_uses_it(tiny_trained):
-    workspace, done = tiny_trained
+def test_changing_a_training_hyper_parameter_reruns_that_training_and_what_uses_it(tiny_run):
+    workspace, done = tiny_run
     assert done.returncode == 0, done.stdout[-6000:]
     unchanged = workspace.run("-n", *TRAINED)
     assert unchanged.returncode == 0 and "Nothing to be done" in unchanged.stdout, unchanged.stdout[-3000:]

@@ -34,12 +34,12 @@ def _with_exponent_floats(base: type) -> type:
 
 
 # libyaml's loader when present (the workflow reads the registries on every invocation).
-YAML_LOADER = _with_exponent_floats(getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+_LOADER = _with_exponent_floats(getattr(yaml, "CSafeLoader", yaml.SafeLoader))
 
 
 def load_yaml_text(text: str) -> Any:
     """YAML text as vcorr reads it (exponent floats included); raises yaml.YAMLError."""
-    return yaml.load(text, Loader=YAML_LOADER)
+    return yaml.load(text, Loader=_LOADER)
 
 
 def read_yaml(path: Path, what: str):
@@ -82,6 +82,19 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         except yaml.YAMLError as error:
             raise VcorrError(f"--set {item!r}: value is not valid YAML ({error})") from None
     return overrides
+
+
+def schema_error(data: Any, schema_file: Path) -> str | None:
+    """`<key path>: <what is wrong>` for the most relevant way `data` breaks the JSON schema in
+    `schema_file` (YAML), or None when it conforms: how the workflow checks registries and config."""
+    import jsonschema
+
+    schema = read_yaml(schema_file, "JSON schema")
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(data))
+    if error is None:
+        return None
+    key = ".".join(str(part) for part in error.absolute_path) or "(top level)"
+    return f"{key}: {error.message}"
 
 
 def config_dir() -> Path:

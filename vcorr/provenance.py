@@ -89,18 +89,33 @@ def _without_docstrings(tree: ast.AST) -> ast.AST:
     return tree
 
 
-def _parsed(name: str) -> ast.Module:
+def _file_key(name: str) -> tuple[Path, int, int]:
     path = module_file(name)
     if path is None:
         raise ValueError(f"{name}: not a module of the {PACKAGE} package in {PACKAGE_DIR}")
     status = path.stat()
-    return _parse_file(path, status.st_mtime_ns, status.st_size)
+    return path, status.st_mtime_ns, status.st_size
+
+
+def _parsed(name: str) -> ast.Module:
+    return _parse_file(*_file_key(name))
 
 
 @functools.lru_cache(maxsize=512)
 def _parse_file(path: Path, mtime_ns: int, size: int) -> ast.Module:
     """Parsed once per version of the file (the key changes when the file does)."""
     return _without_docstrings(ast.parse(path.read_text(), filename=str(path)))
+
+
+def _whole_module(name: str) -> tuple[str, frozenset[str]]:
+    """(code without docstrings, what it can import) of a whole module."""
+    return _whole_module_of_file(name, *_file_key(name))
+
+
+@functools.lru_cache(maxsize=512)
+def _whole_module_of_file(name: str, path: Path, mtime_ns: int, size: int) -> tuple[str, frozenset[str]]:
+    tree = _parse_file(path, mtime_ns, size)
+    return ast.dump(tree), frozenset(_imported([tree], name))
 
 
 def _parents(name: str) -> list[str]:
@@ -177,15 +192,18 @@ def code_closure(*entries: str) -> dict[str, str]:
     pending: list[str] = []
     for entry in entries:
         module, _, function = entry.partition(":")
-        nodes = _function_part(module, function) if function else [_parsed(module)]
-        code[entry] = "\n".join(ast.dump(node) for node in nodes)
-        pending += sorted(_imported(nodes, module) | set(_parents(module)))
+        if function:
+            nodes = _function_part(module, function)
+            code[entry], imported = "\n".join(ast.dump(node) for node in nodes), _imported(nodes, module)
+        else:
+            code[entry], imported = _whole_module(module)
+        pending += sorted(imported | set(_parents(module)))
     while pending:
         module = pending.pop()
         if module in code:
             continue
-        code[module] = ast.dump(_parsed(module))
-        pending += sorted(_imported([_parsed(module)], module) - set(code))
+        code[module], imported = _whole_module(module)
+        pending += sorted(imported - set(code))
     return code
 
 

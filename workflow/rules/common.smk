@@ -22,7 +22,7 @@ REPOSITORY = Path(workflow.basedir).parent
 # The DAG uses this checkout's vcorr, as the jobs do (shell.prefix below).
 sys.path.insert(0, str(REPOSITORY))
 
-from vcorr.config import YAML_LOADER, load_yaml_text, with_exponent_floats
+from vcorr.config import load_yaml_text, schema_error, with_exponent_floats
 
 # Values Snakemake read from the config file, as vcorr reads values (1e-4 is a float).
 for section in ("propagation", "training"):
@@ -39,8 +39,6 @@ def read_registry(name, optional=False):
     """A registry, checked against workflow/schemas/<name>.schema.yaml: a typo fails the DAG
     (and so `snakemake -n`) with the file and the key, not a job later. An optional one that is
     absent reads as empty."""
-    import jsonschema
-
     path = REGISTRY_DIR / f"{name}.yaml"
     if optional and not path.is_file():
         return {}
@@ -50,11 +48,9 @@ def read_registry(name, optional=False):
         data = load_yaml_text(path.read_text()) or {}
     except yaml.YAMLError as error:
         raise WorkflowError(f"{path}: invalid YAML ({error})")
-    schema = yaml.load(Path(workflow.basedir, "schemas", f"{name}.schema.yaml").read_text(), Loader=YAML_LOADER)
-    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(data))
+    error = schema_error(data, Path(workflow.basedir, "schemas", f"{name}.schema.yaml"))
     if error is not None:
-        key = ".".join(str(part) for part in error.absolute_path) or "(top level)"
-        raise WorkflowError(f"{path}: {key}: {error.message}")
+        raise WorkflowError(f"{path}: {error}")
     return data
 
 
