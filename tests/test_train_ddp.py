@@ -7,7 +7,8 @@ row (rank r takes every second item from r, so each rank sees each image once an
 process sees each twice) and the crops are the whole image (scale 1, ratio 1 on square images).
 Mean and biased variance of a batch and of the batch repeated twice are the same, so per-rank BN
 equals combined-batch BN, and what is compared is DDP's gradient averaging, the sampler's split
-of the global batch and the loss's per-sample mean.
+of the global batch and the loss's per-sample mean. The same data serve the several-node test:
+the command the workflow builds for `nodes: 2` run as two torchrun "nodes" on this machine.
 """
 
 from __future__ import annotations
