@@ -389,7 +389,10 @@ def synthetic_index(folder: Path, sequences: int, size: tuple[int, int], distinc
 
 
 def moving_frames(count: int, size: tuple[int, int], seed: int = 0) -> list[np.ndarray]:
-    """A slowly panning textured scene with two objects moving across it (uint8 RGB frames)."""
+    """A slowly panning textured scene with two objects moving across it (uint8 RGB frames), with
+    sensor-like noise: without it, whole-pixel motion makes regions pixel-identical across frames,
+    hence exact affinity ties, which real video almost never has and which take the tie rule's
+    slower path."""
     generator = np.random.default_rng(seed)
     height, width = size
     scene = texture(height + 2 * count + 8, width + 4 * count + 8, generator)
@@ -400,7 +403,8 @@ def moving_frames(count: int, size: tuple[int, int], seed: int = 0) -> list[np.n
         for number, patch in enumerate(objects):
             top, left = height // 4 + number * height // 3, (width // 8 + 3 * t * (number + 1)) % (width - patch.shape[1])
             frame[top: top + patch.shape[0], left: left + patch.shape[1]] = patch
-        frames.append(frame)
+        noise = generator.integers(-3, 4, frame.shape)
+        frames.append(np.clip(frame.astype(np.int16) + noise, 0, 255).astype(np.uint8))
     return frames
 
 
