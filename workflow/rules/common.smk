@@ -434,9 +434,6 @@ def training_arguments(wildcards):
     return set_arguments(training_overrides(wildcards.model))
 
 
-TORCHRUN = "python3 -m torch.distributed.run"
-
-
 def gpus_per_node(resources):
     """The GPUs of one node: `gres` gpu[:type]:N on several nodes, else `gpu`."""
     gres = str(resources.get("gres", "") or "")
@@ -447,17 +444,12 @@ def gpus_per_node(resources):
 
 
 def training_launcher(wildcards, resources):
-    """How `vcorr train` starts, from the job's resources: on one node torchrun with one process
-    per GPU (`--nproc-per-node` = gpu); on several (`nodes`) one torchrun per node through srun,
-    meeting at the first node (c10d rendezvous); without a GPU a single process."""
-    nodes, gpus = int(resources.get("nodes", 1) or 1), gpus_per_node(resources)
-    if nodes > 1:
-        first_node = '$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)'
-        return (f"srun --ntasks-per-node=1 {TORCHRUN} --nnodes=\"$SLURM_NNODES\" --nproc-per-node={max(gpus, 1)}"
-                f" --rdzv-backend=c10d --rdzv-id=\"$SLURM_JOB_ID\" --rdzv-endpoint=\"{first_node}:29500\" --no-python")
-    if gpus >= 1:
-        return f"{TORCHRUN} --standalone --nproc-per-node={gpus} --no-python"
-    return ""
+    """How `vcorr train` starts, from the job's resources (`vcorr.train.launch`): torchrun with one
+    process per GPU on one node, one torchrun per node through srun on several (`nodes`), a
+    single process without a GPU."""
+    from vcorr.train.launch import torchrun_prefix
+
+    return torchrun_prefix(int(resources.get("nodes", 1) or 1), gpus_per_node(resources))
 
 
 def training_resources():
