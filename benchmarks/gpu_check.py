@@ -455,9 +455,9 @@ def run_steps(run, steps: int, wrap: Callable | None = None) -> StepResult:
     run.last_step = run.position.global_step + steps
     losses, terms = [], {}
 
-    def after_step(loss, step_terms, images):
-        losses.append(float(loss.detach()))
-        terms.update(step_terms)
+    def after_step(values, images):
+        losses.append(values["loss"])
+        terms.update({name: value for name, value in values.items() if name != "loss"})
 
     while run.position.global_step < run.last_step:
         if train_one_epoch(run, make_loader(run), after_step):
@@ -834,7 +834,7 @@ def timed_steps(run, batch: tuple[torch.Tensor, ...], warmup: int, timed: int) -
     device = run.device
     marks: list[float] = []
 
-    def after_step(loss, terms, images):
+    def after_step(values, images):
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         marks.append(time.perf_counter())
