@@ -74,15 +74,33 @@ def test_load_method_resolves_a_variant_with_the_protocols_label_path_and_the_me
     assert crw == load_method("crw_release").settings_for("davis17")
     with pytest.raises(VcorrError, match="own protocol"):
         load_method("stt_release_r18_s8@stt")
-    with pytest.raises(VcorrError, match="protocol 'xyz' is not one of crw, stt"):
+    with pytest.raises(VcorrError, match="protocol 'xyz' is not one of crw, stt, dino"):
         load_method("crw_release@xyz")
+
+
+def test_a_cnn_under_dino_takes_dinos_settings_and_a_vit_under_crw_and_stt_theirs():
+    cnn = load_method("crw_release@dino")
+    assert cnn.features == load_method("crw_release").features and cnn.input == "imagenet_rgb"
+    settings = cnn.settings_for("davis17")
+    assert settings.params == {"n_last_frames": 7, "size_mask_neighborhood": 12, "topk": 5, "temp": 0.1}
+    assert settings.input_size(480, 854) == (480, 832)  # DINO's floor to 64 of the long side
+    assert "jhmdb" not in cnn.benchmarks  # dino defines no keypoint task
+    vit = load_method("dino_vits16@crw").settings_for("davis17")
+    assert vit == load_method("crw_release").settings_for("davis17")
+    # The protocol's sizes, each side floored to the ViT's patch.
+    assert vit.input_size(480, 854, multiple=16) == (480, 848)
+    stt = load_method("dinov2_vits14@stt").settings_for("jhmdb")
+    assert stt.input_size(240, 320, multiple=14) == (308, 308)
 
 
 def test_every_cell_is_listed_and_those_that_cannot_run_say_why():
     methods, protocols = registry("methods"), registry("protocols")
-    cells = cross_protocol_cells(["crw_release", "stt_release_r18_s8"], ["davis17", "ytvos18"], methods, protocols)
+    tasks = {name: entry["task"] for name, entry in registry("benchmarks").items()}
+    cells = cross_protocol_cells(["crw_release", "stt_release_r18_s8"], ["davis17", "ytvos18", "jhmdb"], methods,
+                                 protocols, tasks)
     assert [(c.benchmark, c.method, c.protocol) for c in cells] == [
-        (b, m, p) for b in ("davis17", "ytvos18") for m in ("crw_release", "stt_release_r18_s8") for p in ("crw", "stt")
+        (b, m, p) for b in ("davis17", "ytvos18", "jhmdb") for m in ("crw_release", "stt_release_r18_s8")
+        for p in ("crw", "stt", "dino")
     ]
     by_key = {(c.benchmark, c.method, c.protocol): c for c in cells}
     assert by_key["davis17", "crw_release", "crw"].evaluated_as == "crw_release"
@@ -95,6 +113,13 @@ def test_every_cell_is_listed_and_those_that_cannot_run_say_why():
     assert by_key["ytvos18", "crw_release", "stt"].evaluated_as is None
     assert "settings_from" in by_key["ytvos18", "crw_release", "stt"].note
     assert by_key["ytvos18", "stt_release_r18_s8", "crw"].evaluated_as == "stt_release_r18_s8@crw"
+    # A CNN under DINO's protocol, with the settings of DINO's released ViT-S/16.
+    assert by_key["davis17", "crw_release", "dino"].evaluated_as == "crw_release@dino"
+    assert by_key["davis17", "crw_release", "dino"].settings == "dino_vits16"
+    # dino defines no keypoint task: the cell says so (not that no reference has settings).
+    assert by_key["jhmdb", "crw_release", "dino"].evaluated_as is None
+    assert "protocol dino defines no jhmdb task" in by_key["jhmdb", "crw_release", "dino"].note
+    assert by_key["jhmdb", "crw_release", "stt"].evaluated_as == "crw_release@stt"
 
 
 def _result(folder: Path, benchmark: str, method: str, score: float) -> Path:
@@ -110,18 +135,22 @@ def test_the_table_takes_each_cells_score_from_its_result(tmp_path):
     results = [
         _result(tmp_path, "davis17", "crw_release", 0.5),
         _result(tmp_path, "davis17", "crw_release@stt", 0.25),
+        _result(tmp_path, "davis17", "crw_release@dino", 0.75),
         _result(tmp_path, "davis17", "stt_release_r18_s8@crw", 0.125),
         _result(tmp_path, "davis17", "stt_release_r18_s8", 0.0625),
+        _result(tmp_path, "davis17", "stt_release_r18_s8@dino", 0.375),
     ]
     out = tmp_path / "cross.csv"
-    assert write_cross_protocol_table(cells, results, out) == 4
+    assert write_cross_protocol_table(cells, results, out) == 6
     import csv
 
     rows = list(csv.DictReader(out.open()))
     scores = {(row["method"], row["protocol"]): float(row["J&F-Mean"]) for row in rows}
-    assert scores == {("crw_release", "crw"): 0.5, ("crw_release", "stt"): 0.25,
-                      ("stt_release_r18_s8", "crw"): 0.125, ("stt_release_r18_s8", "stt"): 0.0625}
-    assert [row["settings"] for row in rows] == ["own", "stt_release_r18_s8", "crw_release", "own"]
+    assert scores == {("crw_release", "crw"): 0.5, ("crw_release", "stt"): 0.25, ("crw_release", "dino"): 0.75,
+                      ("stt_release_r18_s8", "crw"): 0.125, ("stt_release_r18_s8", "stt"): 0.0625,
+                      ("stt_release_r18_s8", "dino"): 0.375}
+    assert [row["settings"] for row in rows] == ["own", "stt_release_r18_s8", "dino_vits16",
+                                                 "crw_release", "own", "dino_vits16"]
     with pytest.raises(VcorrError, match=r"no result given for crw_release@stt on davis17"):
         write_cross_protocol_table(cells, [results[0], results[2], results[3]], tmp_path / "other.csv")
     assert not (tmp_path / "other.csv").exists()

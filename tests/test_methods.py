@@ -3,6 +3,7 @@ and bad method files are refused with the file and key named."""
 
 from __future__ import annotations
 
+import inspect
 import re
 import textwrap
 from pathlib import Path
@@ -17,7 +18,8 @@ from vcorr.errors import VcorrError
 from vcorr.cli import build_parser
 from vcorr.config import parse_overrides
 from vcorr.evaluation.methods import load_method
-from vcorr.propagation import make_propagator
+from vcorr.propagation import PROTOCOLS, make_propagator
+from vcorr.propagation.parameters import PROTOCOL_DEFAULTS, PROTOCOL_TASKS
 from vcorr.config import load_registry
 
 RANDOM_METHOD = {
@@ -56,12 +58,12 @@ def test_benchmark_registry_lists_every_layout_benchmark_with_its_scorer():
 
 @pytest.mark.parametrize("name", list(load_registry("methods")))
 def test_registry_method_resolves_on_every_benchmark_it_lists(name):
-    from vcorr.models.encoders import ENCODERS, PIXEL_ENCODERS
+    from vcorr.models.encoders import encoder_names
 
     method = load_method(name)
     datasets = load_registry("datasets")
     for encoder in method.encoders:
-        assert encoder.arch in [*ENCODERS, *PIXEL_ENCODERS]
+        assert encoder.arch in encoder_names()
         if encoder.weights and encoder.weights.id:
             # The file is one the data step promises to unpack for that weights id.
             assert encoder.weights.file in datasets[encoder.weights.id]["index"]["weights"]["files"]
@@ -69,16 +71,20 @@ def test_registry_method_resolves_on_every_benchmark_it_lists(name):
             # A file the workflow produces: the export of a model it trains (models.yaml).
             model = re.fullmatch(r"results/models/(.+)\.pth", encoder.weights.path)
             assert model and model[1] in load_registry("models"), encoder.weights.path
-    # A method covers every benchmark of real data, or (the demo's) every one of a built set;
-    # Spa-then-Temp's protocol has no objects that appear later, which YouTube-VOS needs.
-    built = {name for name in benchmark_names() if datasets[load_registry("benchmarks")[name]["dataset"]].get("built_by")}
+    # A method covers every benchmark of real data, or (the demo's) every one of a built set,
+    # of every task its protocol defines; only crw has objects that appear later (YouTube-VOS).
+    benchmarks = load_registry("benchmarks")
+    built = {name for name in benchmark_names() if datasets[benchmarks[name]["dataset"]].get("built_by")}
     family = built if set(method.benchmarks) <= built else set(benchmark_names()) - built
-    expected = family - ({"ytvos18", "ytvos19"} if method.protocol == "stt" else set())
+    expected = {name for name in family if benchmarks[name]["task"] in PROTOCOL_TASKS[method.protocol]}
+    expected -= {"ytvos18", "ytvos19"} if method.protocol != "crw" else set()
     assert set(method.benchmarks) == expected
     for benchmark in method.benchmarks:
         # The settings are what the protocol's propagator takes: it starts from them on a frame.
         settings = method.settings_for(benchmark)
-        propagator = make_propagator(method.protocol, np.zeros((16, 16), dtype=np.uint8), **settings.params)
+        # The pipeline adds what comes from the encoder (its stride, for protocols that take it).
+        runtime = {"stride": 8} if "stride" in inspect.signature(PROTOCOLS[method.protocol]).parameters else {}
+        propagator = make_propagator(method.protocol, np.zeros((16, 16), dtype=np.uint8), **settings.params, **runtime)
         propagator.push(torch.rand(8, 2, 2))
 
 
@@ -203,3 +209,27 @@ def test_tie_rule_is_a_method_option_cpu_by_default_and_checked():
     assert method.settings_for("davis17", ["ties=cuda"]).as_dict()["ties"] == "cuda"
     with pytest.raises(VcorrError, match="ties must be one of cpu, cuda, got 'gpu'"):
         method.settings_for("davis17", ["ties=gpu"])
+
+
+def test_dinos_size_rule_floors_the_long_side_and_vits_take_whole_patches(tmp_path):
+    settings = load_method("dino_vits16").settings_for("davis17")
+    assert settings.size == {"short_side": 480, "long_side_floor": 64}
+    assert settings.input_size(480, 854) == (480, 832)  # DAVIS: 52 x 30 patches at 16
+    assert settings.input_size(240, 320) == (480, 640)  # small frames are upsampled
+    assert settings.input_size(1280, 720) == (832, 480)  # portrait: the width is 480
+    assert settings.input_size(300, 300) == (480, 448)  # square: DINO's landscape branch
+    assert settings.input_size(480, 854, multiple=14) == (476, 826)
+    assert load_method("dino_vits16").settings_for("vip").input_size(720, 1280) == (560, 560)
+    # A settings entry without `size` takes its protocol's default; `size: null` is native.
+    crw_like = {"n_last_frames": 7, "size_mask_neighborhood": 12, "topk": 5}
+    dino = {**RANDOM_METHOD, "protocol": "dino", "benchmarks": {"davis17": crw_like, "davis16": {**crw_like, "size": None}}}
+    method = load_method(write_method(tmp_path, dino))
+    assert method.settings_for("davis17").size == {"short_side": 480, "long_side_floor": 64}
+    assert method.settings_for("davis16").size is None and method.settings_for("davis17").params["temp"] == 0.1
+
+
+def test_a_protocol_refuses_a_task_it_does_not_define(tmp_path):
+    entry = {**RANDOM_METHOD, "protocol": "dino",
+             "benchmarks": {"jhmdb": {"n_last_frames": 7, "size_mask_neighborhood": 12, "topk": 5}}}
+    with pytest.raises(VcorrError, match=r"benchmarks\.jhmdb: protocol dino defines no jhmdb task"):
+        load_method(write_method(tmp_path, entry))

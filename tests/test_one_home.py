@@ -16,13 +16,13 @@ from vcorr.evaluation.methods import METHOD_OPTIONS
 from vcorr.models.config import FUSIONS, INPUTS
 from vcorr.models.weights import FORMATS
 from vcorr.propagation import PROTOCOLS
-from vcorr.propagation.parameters import PROTOCOL_DEFAULTS, PROTOCOL_PARAMS, TIE_RULES
+from vcorr.propagation.parameters import PROTOCOL_DEFAULTS, PROTOCOL_PARAMS, TIE_RULES, ZERO_ALLOWED
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMAS = REPO / "workflow" / "schemas"
 # Keyword arguments of the propagators that are not protocol parameters: how a run computes, not
 # what (speed, precision, the tie rule, the label path's output size, crw's label channels).
-RUNTIME_ARGUMENTS = {"tile_size", "affinity_dtype", "ties", "output_size", "num_channels"}
+RUNTIME_ARGUMENTS = {"tile_size", "affinity_dtype", "ties", "output_size", "num_channels", "stride"}
 # How the methods schema spells each parameter type of PROTOCOL_PARAMS.
 SCHEMA_TYPES = {int: {"$ref": "#/$defs/positive_integer"}, (int, float): {"$ref": "#/$defs/positive_number"},
                 bool: {"type": "boolean"}}
@@ -46,7 +46,10 @@ def test_the_schema_has_each_protocols_parameters_with_their_types(methods_schem
         assert set(settings["properties"]) == {*params, "size"}, protocol
         assert set(settings["required"]) == set(params) - set(PROTOCOL_DEFAULTS[protocol]), protocol
         for name, kind in params.items():
-            assert settings["properties"][name] == SCHEMA_TYPES[kind], (protocol, name)
+            expected = {"type": "integer", "minimum": 0} if name in ZERO_ALLOWED.get(protocol, ()) else SCHEMA_TYPES[kind]
+            assert settings["properties"][name] == expected, (protocol, name)
+    protocols_schema = yaml.safe_load((SCHEMAS / "protocols.schema.yaml").read_text())
+    assert protocols_schema["propertyNames"]["enum"] == list(PROTOCOL_PARAMS)
 
 
 def test_each_propagator_takes_its_protocols_parameters(methods_schema):

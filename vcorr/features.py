@@ -1,5 +1,6 @@
 """Frames -> normalised network input (`vcorr.models.preprocess`) -> features, for one encoder or
-HVC's fused pair.
+HVC's fused pair; the encoders are ResNets or Vision Transformers (`vcorr.models.vit`: patch
+features `[dim, H // p, W // p]`).
 
 The extractor takes a method's validated `vcorr.models.config.FeatureConfig` (its encoders,
 fusion and input); each encoder's checkpoint path comes from `WeightsSource.resolve`, and
@@ -16,6 +17,7 @@ with w = 1.05, both normalisations over channels.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -90,6 +92,8 @@ class FeatureExtractor:
             raise VcorrError(f"fused encoders must share one stride, got {sorted(strides)}")
         self.stride: int = strides.pop()
         self.channels: int = sum(network.out_channels for network in self.networks)
+        # Input sides every encoder's grid covers exactly (a ViT's patch; 1 for convolutions).
+        self.input_multiple: int = math.lcm(*(network.input_multiple for network in self.networks))
 
     def _autocast(self):
         if self.amp:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from vcorr.errors import VcorrError
-from vcorr.propagation.parameters import PROTOCOL_PARAMS
+from vcorr.propagation.parameters import PROTOCOL_PARAMS, PROTOCOL_TASKS
 
 SEPARATOR = "@"
 # Column `settings` of a cell evaluated with the method's own settings.
@@ -100,15 +100,25 @@ class Cell:
 
 
 def cross_protocol_cells(
-    methods: Sequence[str], benchmarks: Sequence[str], registry: dict[str, Any], protocols: dict[str, Any]
+    methods: Sequence[str], benchmarks: Sequence[str], registry: dict[str, Any], protocols: dict[str, Any],
+    tasks: dict[str, str] | None = None,
 ) -> list[Cell]:
-    """Every (method, protocol, benchmark) cell, benchmark-major, then method, then protocol."""
+    """Every (method, protocol, benchmark) cell, benchmark-major, then method, then protocol.
+    `tasks`: {benchmark: task} (config/benchmarks.yaml), so that a cell of a task its protocol
+    does not define says so (PROTOCOL_TASKS) rather than that no reference has settings."""
     references = {protocol: reference_settings(protocol, registry, protocols) for protocol in PROTOCOL_PARAMS}
     cells = []
     for benchmark in benchmarks:
+        task = (tasks or {}).get(benchmark)
         for base in methods:
             own = registry[base]
             for protocol in PROTOCOL_PARAMS:
+                if task is not None and task not in PROTOCOL_TASKS[protocol]:
+                    cells.append(Cell(
+                        base, protocol, benchmark, None, "",
+                        f"protocol {protocol} defines no {task} task (vcorr.propagation.parameters.PROTOCOL_TASKS)",
+                    ))  # fmt: skip
+                    continue
                 if protocol == own["protocol"]:
                     supported = benchmark in own["benchmarks"]
                     cells.append(Cell(
@@ -139,4 +149,5 @@ def registry_cells(methods: Sequence[str], benchmarks: Sequence[str]) -> list[Ce
         unknown = [name for name in names if name not in known]
         if unknown:
             raise VcorrError(f"unknown {what[:-1]} '{unknown[0]}' (not in {config_dir() / (what + '.yaml')})")
-    return cross_protocol_cells(methods, benchmarks, registry, protocols)
+    tasks = {name: entry["task"] for name, entry in known_benchmarks.items()}
+    return cross_protocol_cells(methods, benchmarks, registry, protocols, tasks)

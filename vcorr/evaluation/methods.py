@@ -18,7 +18,14 @@ from vcorr.config import config_dir, is_int, load_registry, parse_overrides, rea
 from vcorr.errors import VcorrError
 from vcorr.evaluation.cross_protocol import check_protocols, split_name, variant_entry
 from vcorr.models.config import EncoderConfig, FeatureConfig, feature_config
-from vcorr.propagation.parameters import PROTOCOL_DEFAULTS, PROTOCOL_PARAMS, TIE_RULES
+from vcorr.propagation.parameters import (
+    PROTOCOL_DEFAULTS,
+    PROTOCOL_PARAMS,
+    PROTOCOL_SIZES,
+    PROTOCOL_TASKS,
+    TIE_RULES,
+    ZERO_ALLOWED,
+)
 
 # Method options: switches of the method's pipeline (not of its protocol), set in the method's
 # entry and overridable per run with `--set`. Each maps to (type, default for a method).
@@ -38,18 +45,30 @@ class BenchmarkSettings:
 
     protocol: str
     params: dict[str, Any]  # keyword arguments of vcorr.propagation.propagate
-    size: None | tuple[int, int] | dict[str, int]  # None, (H, W) or {"short_side": N}
+    # None, (H, W), {"short_side": N} or {"short_side": N, "long_side_floor": M}
+    size: None | tuple[int, int] | dict[str, int]
     options: dict[str, Any] = dataclasses.field(default_factory=dict)  # METHOD_OPTIONS, resolved
 
-    def input_size(self, height: int, width: int) -> tuple[int, int]:
-        """The (H, W) the encoder sees for a frame of `height` x `width`."""
+    def input_size(self, height: int, width: int, multiple: int = 1) -> tuple[int, int]:
+        """The (H, W) the encoder sees for a frame of `height` x `width`: the size rule, then each
+        side floored to a multiple of `multiple` (a ViT's patch: its grid then covers the frame)."""
         if self.size is None:
-            return height, width
-        if isinstance(self.size, dict):
+            size = height, width
+        elif isinstance(self.size, dict) and "long_side_floor" in self.size:
+            # DINO's read_frame: the short side N exactly, the long side floored to a multiple of
+            # M; a square frame takes the landscape branch (N high, floor(N) wide).
+            short, floor = self.size["short_side"], self.size["long_side_floor"]
+            if height > width:
+                size = int(short * height / width // floor * floor), short
+            else:
+                size = short, int(short * width / height // floor * floor)
+        elif isinstance(self.size, dict):
             scale = self.size["short_side"] / min(height, width)
             # Round half up like mmcv's rescale_size (Spa-then-Temp's Resize with keep_ratio).
-            return int(height * scale + 0.5), int(width * scale + 0.5)
-        return self.size
+            size = int(height * scale + 0.5), int(width * scale + 0.5)
+        else:
+            size = self.size
+        return size[0] // multiple * multiple, size[1] // multiple * multiple
 
     def as_dict(self) -> dict[str, Any]:
         size = list(self.size) if isinstance(self.size, tuple) else self.size
@@ -138,7 +157,7 @@ def resolve_settings(
             raise VcorrError(f"{origin}{key}: not a parameter of protocol '{protocol}' (allowed: {allowed})")
         merged[key] = value
     try:
-        size = _check_size(merged.pop("size", None), where)
+        size = _check_size(merged.pop("size", PROTOCOL_SIZES.get(protocol)), where)
         _check_params(protocol, merged, where)
     except VcorrError as error:
         if not overrides:
@@ -228,6 +247,10 @@ def validate_method(name: str, data: Any, source: str) -> Method:
             )
         if not isinstance(benchmarks[benchmark], dict):
             raise VcorrError(f"{source}: benchmarks.{benchmark} must be a mapping of protocol parameters")
+        task = known_benchmarks[benchmark]["task"]
+        if task not in PROTOCOL_TASKS[protocol]:
+            raise VcorrError(f"{source}: benchmarks.{benchmark}: protocol {protocol} defines no {task} task "
+                             f"(its tasks: {', '.join(PROTOCOL_TASKS[protocol])}; vcorr.propagation.parameters)")
         method.settings_for(benchmark)  # validates its parameters and size
     return method
 
@@ -244,11 +267,13 @@ def _check_option(key: str, value: Any, where: str) -> Any:
 def _check_size(size: Any, where: str) -> None | tuple[int, int] | dict[str, int]:
     if size is None:
         return None
-    if isinstance(size, dict) and list(size) == ["short_side"] and is_int(size["short_side"]) and size["short_side"] > 0:
+    if (isinstance(size, dict) and sorted(size) in (["short_side"], ["long_side_floor", "short_side"])
+            and all(is_int(v) and v > 0 for v in size.values())):
         return dict(size)
     if isinstance(size, (list, tuple)) and len(size) == 2 and all(is_int(v) and v > 0 for v in size):
         return (int(size[0]), int(size[1]))
-    raise VcorrError(f"{where}.size: must be null, [H, W] or {{short_side: N}} with positive integers, got {size!r}")
+    raise VcorrError(f"{where}.size: must be null, [H, W], {{short_side: N}} or {{short_side: N, long_side_floor: M}} "
+                     f"with positive integers, got {size!r}")
 
 
 def _check_params(protocol: str, params: dict[str, Any], where: str) -> None:
@@ -265,5 +290,5 @@ def _check_params(protocol: str, params: dict[str, Any], where: str) -> None:
         if (kind is bool) != is_bool or not isinstance(value, kind):
             names = kind.__name__ if isinstance(kind, type) else "number"
             raise VcorrError(f"{where}.{key}: expected {names}, got {value!r}")
-        if not is_bool and value <= 0:
+        if not is_bool and value <= 0 and not (value == 0 and key in ZERO_ALLOWED.get(protocol, ())):
             raise VcorrError(f"{where}.{key}: must be positive, got {value!r}")

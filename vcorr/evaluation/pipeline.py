@@ -2,9 +2,13 @@
 scorers read (`propagate_benchmark`; `vcorr propagate` parses its arguments and calls it).
 
 For each sequence, frames are streamed: read (PIL) -> resized to the method's input size for
-that benchmark -> features (vcorr.features.FeatureExtractor) -> the streaming propagator of the
-method's protocol (vcorr.propagation) -> written as they come (vcorr.propagation.adapters
-writers). No sequence's features are ever held in memory at once.
+that benchmark (each side floored to a multiple of a ViT's patch: `encoder_input_size`) ->
+features (vcorr.features.FeatureExtractor, with the protocol's input normalisation:
+`protocol_features`) -> the streaming propagator of the method's protocol (vcorr.propagation),
+started from the first frame's labels as the protocol's label path gives them (`LABEL_PATHS`)
+-> written as they come (vcorr.propagation.adapters writers). No sequence's features are ever
+held in memory at once. Frames are decoded with PIL for every protocol (DINO's script uses
+OpenCV: both decode with libjpeg-turbo's default IDCT, identically on the e2e fixtures).
 
 Outputs under `out`:
 - DAVIS / YouTube-VOS / VIP: `<sequence>/<frame>.png`, indexed with the DAVIS palette, at the
@@ -297,7 +301,7 @@ def propagate_benchmark(
 
         # The device and every checkpoint are checked here, before anything is written.
         extractor = FeatureExtractor(
-            method.features, weights_root, device=device, amp=amp,
+            protocol_features(method.features, settings.protocol), weights_root, device=device, amp=amp,
             zero_image_bn_update=settings.options["zero_image_bn_update"],
         )  # fmt: skip
         if amp and not extractor.amp:
@@ -326,26 +330,31 @@ def propagate_benchmark(
     return PropagationSummary(selected, skipped, todo)
 
 
-def initial_labels(
-    plan: SequencePlan, benchmark: Benchmark, protocol: str = "crw"
-) -> tuple["np.ndarray", dict[int, "np.ndarray"]]:
-    """First frame's id map, and (YouTube-VOS) `{t: ids of the objects first annotated at t}`.
+def protocol_features(features, protocol: str):
+    """The method's features with the input normalisation its protocol applies (protocol dino
+    normalises RGB with DINO's constants: vcorr.propagation.parameters.PROTOCOL_INPUTS)."""
+    import dataclasses
 
-    Labels are at the annotation resolution: crw downsamples them to the feature grid itself,
-    stt takes them through Spa-then-Temp's label path first (`propagate_sequence`). Outputs come
-    back at this resolution, which is what the scorers compare.
+    from vcorr.propagation.parameters import PROTOCOL_INPUTS
+
+    replaced = PROTOCOL_INPUTS.get(protocol, {}).get(features.input, features.input)
+    return dataclasses.replace(features, input=replaced)
+
+
+def initial_labels(plan: SequencePlan, benchmark: Benchmark) -> tuple["np.ndarray", dict[int, "np.ndarray"]]:
+    """First frame's id map as read, and (YouTube-VOS) `{t: ids of the objects first annotated at t}`.
+
+    Labels are at the annotation resolution; each protocol's label path (`LABEL_PATHS`) takes
+    them from there. Outputs come back at this resolution, which is what the scorers compare.
     """
     from vcorr.errors import VcorrError
     from vcorr.io import read_index_png
-    from vcorr.propagation.adapters import late_objects, vip_labels
+    from vcorr.propagation.adapters import late_objects
 
     first = plan.annotations.get(plan.frames[0])
     if first is None:
         raise VcorrError(f"sequence {plan.name}: its first frame {plan.frames[0]} has no annotation")
     label0 = read_index_png(first)
-    if benchmark.task == "vip":
-        # Spa-then-Temp's vip_dataset_rgb propagates the annotation's ids as read.
-        return (label0 if protocol == "stt" else vip_labels(label0)), {}
     if not benchmark.late_objects:
         return label0, {}
     later = (
@@ -356,10 +365,43 @@ def initial_labels(
     return label0, late_objects(label0, later)
 
 
+def encoder_input_size(plan: SequencePlan, extractor, settings) -> tuple[int, int]:
+    """The (H, W) the encoder sees: the settings' size rule, each side floored to a multiple of
+    the encoder's patch (ViTs; 1 for CNNs), so that the patch grid covers the whole frame."""
+    return settings.input_size(*plan.label_size, multiple=extractor.input_multiple)
+
+
+def crw_labels(plan: SequencePlan, benchmark: Benchmark, label0, settings, extractor) -> tuple:
+    """HVC / videowalk: labels at the frame size (CRWPropagator resizes them); VIP's ids outside
+    its 20 classes (void 255) count as background."""
+    from vcorr.propagation.adapters import vip_labels
+
+    return (vip_labels(label0) if benchmark.task == "vip" else label0), settings.params
+
+
+def stt_labels(plan: SequencePlan, benchmark: Benchmark, label0, settings, extractor) -> tuple:
+    """Spa-then-Temp: labels resized with the frames (vcorr.propagation.stt_labels); VIP's ids as
+    read (its vip_dataset_rgb propagates the annotation as it is)."""
+    from vcorr.propagation.stt_labels import stt_first_frame
+
+    first = stt_first_frame(label0, encoder_input_size(plan, extractor, settings), plan.label_size)
+    return first.labels, {**settings.params, "output_size": first.output_size}
+
+
+def dino_labels(plan: SequencePlan, benchmark: Benchmark, label0, settings, extractor) -> tuple:
+    """DINO: the annotation as read (VIP too: the DINO-based VIP scripts read its ids as they are),
+    taken to the feature grid by the propagator, the soft labels upsampled by the encoder's stride."""
+    return label0, {**settings.params, "stride": extractor.stride}
+
+
+# Each protocol's first-frame label path for id maps: (plan, benchmark, ids as read, settings,
+# extractor) -> (what the propagator starts from, its keyword arguments).
+LABEL_PATHS = {"crw": crw_labels, "stt": stt_labels, "dino": dino_labels}
+
+
 def feature_stream(plan: SequencePlan, extractor, settings, progress) -> Iterator:
     """Features of each frame in turn, computed only when the propagator asks for them."""
-    height, width = plan.label_size
-    size = settings.input_size(height, width)
+    size = encoder_input_size(plan, extractor, settings)
     for image in plan.images:
         features = extractor.extract(read_frame(image, size))
         # Counted before the yield: the consumer never resumes the generator after the last frame.
@@ -371,18 +413,13 @@ def propagate_sequence(plan: SequencePlan, benchmark: Benchmark, extractor, sett
     from vcorr.io import atomic_dir
     from vcorr.propagation import propagate_stream
     from vcorr.propagation.adapters import IndexPngWriter
-    from vcorr.propagation.stt_labels import stt_first_frame
 
     if benchmark.task == "jhmdb":
         propagate_keypoints(plan, extractor, settings, out, progress)
         return
 
-    label0, late = initial_labels(plan, benchmark, settings.protocol)
-    params = settings.params
-    if settings.protocol == "stt":
-        # Spa-then-Temp's label path: labels resized with the frames (vcorr.propagation.stt_labels).
-        first = stt_first_frame(label0, settings.input_size(*plan.label_size), plan.label_size)
-        label0, params = first.labels, {**params, "output_size": first.output_size}
+    label0, late = initial_labels(plan, benchmark)
+    label0, params = LABEL_PATHS[settings.protocol](plan, benchmark, label0, settings, extractor)
     written = set(plan.written)
     with atomic_dir(output_path(out, benchmark.task, plan.name)) as folder:
         writer = IndexPngWriter(folder)
@@ -411,7 +448,7 @@ def propagate_keypoints(plan: SequencePlan, extractor, settings, out: Path, prog
         # Spa-then-Temp's label path: float64 maps resized with the frames, frame 0 read back from
         # the round trip (vcorr.propagation.stt_labels).
         heatmaps = jhmdb_first_heatmaps(mat, plan.label_size, dtype=np.float64)
-        first = stt_first_frame(heatmaps, settings.input_size(*plan.label_size), plan.label_size)
+        first = stt_first_frame(heatmaps, encoder_input_size(plan, extractor, settings), plan.label_size)
         heatmaps, params = first.labels, {**params, "output_size": first.output_size}
     else:
         heatmaps = jhmdb_first_heatmaps(mat, plan.label_size)

@@ -1,4 +1,4 @@
-"""Encoders (torchvision ResNets with the seeds' modifications), checkpoint import, the input
+"""Encoders (torchvision ResNets with the seeds' modifications, the released ViTs), checkpoint import, the input
 normalisations, and the torch-free description of a method's features (`vcorr.models.config`)."""
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from typing import Any
 from vcorr.config import is_int
 from vcorr.errors import VcorrError
 
-INPUTS = ("imagenet_rgb", "lab")
+INPUTS = ("imagenet_rgb", "dino_rgb", "lab")
 FUSIONS = (None, "hvc")
 # How many encoders each fusion combines.
 FUSION_ENCODERS = {None: 1, "hvc": 2}

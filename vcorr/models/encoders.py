@@ -18,6 +18,9 @@ torchvision modules (never a rewritten ResNet), so the parameter names stay torc
 
 (A stride in brackets belongs to a removed stage; the stem convolution always has stride 2.)
 
+Vision Transformers (DINO, MAE, MoCo v3, DINOv2, CropMAE) are a sibling registry,
+`vcorr.models.vit.VIT_ENCODERS`, which `build_encoder` consults too.
+
 Baselines without a network (`PIXEL_ENCODERS`): `raw_rgb_s8` is the input itself, average-pooled
 over 8x8 blocks (3 channels, stride 8, no weights), so a table shows what any training adds.
 Where the seeds set a stage's stride to 1 they set every convolution of that stage to stride 1,
@@ -38,6 +41,7 @@ from torch import nn
 from torchvision.models import resnet as tv_resnet
 
 from vcorr.errors import VcorrError
+from vcorr.models.vit import VIT_ENCODERS, VisionTransformer
 
 StemPool = Literal["max", "mean", "none"]
 Init = Literal["torchvision", "hvc"]
@@ -127,6 +131,9 @@ class ResNetEncoder(nn.Module):
     def out_channels(self) -> int:
         return self.spec.channels
 
+    # Convolutions take any input size (features follow the convolution arithmetic).
+    input_multiple = 1
+
     @property
     def removed_modules(self) -> tuple[str, ...]:
         """torchvision modules this encoder drops (their checkpoint keys are ignored by design)."""
@@ -178,6 +185,7 @@ class PooledPixels(nn.Module):
     """The normalised input pixels averaged over `stride` x `stride` blocks: the raw-pixel baseline."""
 
     removed_modules: tuple[str, ...] = TORCHVISION_MODULES  # no parameters: a checkpoint has nothing to give
+    input_multiple = 1  # average pooling floors like a convolution
 
     def __init__(self, stride: int) -> None:
         super().__init__()
@@ -192,16 +200,21 @@ class PooledPixels(nn.Module):
 PIXEL_ENCODERS: dict[str, int] = {"raw_rgb_s8": 8}
 
 
-def build_encoder(arch: str) -> ResNetEncoder | PooledPixels:
+def encoder_names() -> list[str]:
+    """Every arch `build_encoder` knows."""
+    return sorted([*ENCODERS, *VIT_ENCODERS, *PIXEL_ENCODERS])
+
+
+def build_encoder(arch: str) -> ResNetEncoder | VisionTransformer | PooledPixels:
     """The encoder registered as `arch`, randomly initialised (seed the global RNG beforehand)."""
     if arch in PIXEL_ENCODERS:
         return PooledPixels(PIXEL_ENCODERS[arch])
+    if arch in VIT_ENCODERS:
+        return VisionTransformer(VIT_ENCODERS[arch])
     try:
         spec = ENCODERS[arch]
     except KeyError:
-        raise VcorrError(
-            f"unknown encoder {arch!r}; known encoders: {', '.join(sorted([*ENCODERS, *PIXEL_ENCODERS]))}"
-        ) from None
+        raise VcorrError(f"unknown encoder {arch!r}; known encoders: {', '.join(encoder_names())}") from None
     network = tv_resnet.resnet18(weights=None) if spec.depth == 18 else tv_resnet.resnet50(weights=None)
     for stage, stride in zip(STAGES, spec.stage_strides):
         set_stage_stride(getattr(network, stage), stride)

@@ -3,6 +3,10 @@ uses the same constants):
 
 - `imagenet_rgb` (HVC, videowalk): torchvision `ToTensor` (/255) then `Normalize` with the
   ImageNet mean/std, in float32.
+- `dino_rgb` (DINO's `eval_video_segmentation.py`, `read_frame` + `color_normalize`): the frame
+  in float32 divided by 255 (numpy), then per channel `sub_(mean)` and `div_(std)` with the
+  ImageNet mean and std **(0.228, 0.224, 0.225)** (0.228 for red, not ImageNet's 0.229). Protocol
+  `dino` takes it for `imagenet_rgb` methods (vcorr.propagation.parameters.PROTOCOL_INPUTS).
 - `lab` (Spa-then-Temp): `cv2.cvtColor(float32(frame) / 255, COLOR_RGB2Lab)` (L in [0, 100]),
   then mmcv's in-place normalisation (OpenCV subtract of the mean, multiply by 1/std), mean
   (50, 0, 0), std (50, 127, 127).
@@ -19,6 +23,7 @@ from vcorr.models.config import INPUTS
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+DINO_STD = (0.228, 0.224, 0.225)
 LAB_MEAN = (50.0, 0.0, 0.0)
 LAB_STD = (50.0, 127.0, 127.0)
 
@@ -53,6 +58,12 @@ def normalise_frames(frames: np.ndarray, input: str) -> torch.Tensor:
         mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(1, 3, 1, 1)
         std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(1, 3, 1, 1)
         return images.sub(mean).div(std)
+    if input == "dino_rgb":
+        images = torch.from_numpy(np.float32(frames) / 255.0).permute(0, 3, 1, 2).contiguous()
+        for image in images:
+            for channel, mean, std in zip(image, IMAGENET_MEAN, DINO_STD):
+                channel.sub_(mean).div_(std)
+        return images
     if input == "lab":
         lab = np.stack([_rgb_to_normalised_lab(frame) for frame in frames])
         return torch.from_numpy(lab).permute(0, 3, 1, 2).contiguous()

@@ -1,7 +1,7 @@
 """Import released and trained weights into the encoders of `vcorr.models`.
 
 `load_weights(encoder, path_or_state, format)` maps a checkpoint's keys onto the encoder's
-torchvision parameter names, refuses shape mismatches (naming the file and the key), and returns a
+parameter names (torchvision's for the ResNets, the originals' for the ViTs of `vcorr.models.vit`), refuses shape mismatches (naming the file and the key), and returns a
 `LoadReport` that accounts for every key of the checkpoint: loaded, ignored by design (with the
 reason), or unexpected; plus the encoder keys the checkpoint lacks. Nothing is dropped silently.
 
@@ -24,6 +24,23 @@ Formats (key layouts read from each seed's own saving/loading code):
   encoder under `encoder.model.`; the affinity head `selfsim_fc.` is ignored by design. Keys
   saved as `...conv1.1.weight` / `...conv2.1.weight` (a padding wrapper in the training code)
   are renamed to `...conv1.weight` / `...conv2.weight`, as videowalk's `test.py` does.
+- `dino`: DINO's `eval_video_segmentation.py` loader (`utils.load_pretrained_weights` with its
+  default `--checkpoint_key teacher`): a released backbone file (`dino_deitsmall16_pretrain.pth`
+  ...: the plain state dict) or a training checkpoint (`{student, teacher, optimizer, epoch, args,
+  dino_loss}`, `*_full_checkpoint.pth`), whose `teacher` is taken. DINO removes the substrings
+  `module.` and `backbone.` anywhere in a key (`str.replace`), so the teacher's `backbone.*` (a
+  ViT teacher is not DDP-wrapped) and the student's `module.backbone.*` both map; the projection
+  head `head.*` (DINOHead) is ignored by design. `dino_student`: the same file's `student`.
+- `mae`: MAE's and CropMAE's `{"model": state, ...}` (MAE's released `mae_pretrain_vit_base.pth`:
+  the encoder; CropMAE's training checkpoints: the whole Siamese MAE): encoder keys by name;
+  the decoder (`decoder_*`) and `mask_token` are ignored by design.
+- `mocov3`: MoCo v3 `{"state_dict": ..., "epoch", "arch", "optimizer", "scaler"}`: the encoder
+  under `module.base_encoder.` (as its `main_lincls.py` renames it), without the projector
+  `module.base_encoder.head.*`; the momentum encoder and the predictor are ignored by design.
+- `dinov2`: DINOv2's released backbone (`dinov2_vits14_pretrain.pth`, what its `torch.hub`
+  loader reads strictly): the plain state dict with `ls1.gamma` / `ls2.gamma`, a 37 x 37 grid
+  `pos_embed` (518 px) and `mask_token` (iBOT masking, training only: ignored by design). A
+  file with `register_tokens` (the `_reg4` models) is refused: those models are not supported.
 - `vcorr`: this project's checkpoints, written by `save_weights`:
   `{"format": "vcorr-encoder", "version": 1, "arch": <registry name>, "encoder": <encoder
   state_dict in torchvision names>, "meta": {...free-form provenance...}}`. A file of another
@@ -53,8 +70,9 @@ import torch
 
 from vcorr.errors import VcorrError
 from vcorr.models.encoders import ResNetEncoder
+from vcorr.models.vit import VisionTransformer
 
-FORMATS = ("hvc", "moco", "stt", "crw", "vcorr")
+FORMATS = ("hvc", "moco", "stt", "crw", "dino", "dino_student", "mae", "mocov3", "dinov2", "vcorr")
 VCORR_FORMAT_TAG = "vcorr-encoder"
 VCORR_FORMAT_VERSION = 1
 
@@ -158,6 +176,45 @@ def _rule_crw(key: str) -> tuple[str, str]:
     return "unexpected", ""
 
 
+def _rule_dino(key: str) -> tuple[str, str]:
+    name = key.replace("module.", "").replace("backbone.", "")
+    if name.startswith("head."):
+        return "ignore", "DINO projection head"
+    return "load", name
+
+
+def _rule_mae(key: str) -> tuple[str, str]:
+    if key.startswith("decoder_") or key == "mask_token":
+        return "ignore", "MAE decoder (pretraining only)"
+    return "load", key
+
+
+def _rule_mocov3(key: str) -> tuple[str, str]:
+    name = _strip(key, "module.base_encoder.")
+    if name is not None:
+        return ("ignore", "MoCo v3 projector") if name.startswith("head.") else ("load", name)
+    if key.startswith(("module.momentum_encoder.", "module.predictor.")):
+        return "ignore", "MoCo v3 momentum encoder / predictor"
+    return "unexpected", ""
+
+
+def _rule_dinov2(key: str) -> tuple[str, str]:
+    if key == "mask_token":
+        return "ignore", "DINOv2 mask token (training only)"
+    return "load", key
+
+
+# Formats whose state dict is one entry of the checkpoint: (entry, key rule).
+_ENTRY_FORMATS: dict[str, tuple[str, KeyRule]] = {
+    "moco": ("state_dict", _rule_moco),
+    "stt": ("state_dict", _rule_stt),
+    "crw": ("model", _rule_crw),
+    "dino_student": ("student", _rule_dino),
+    "mae": ("model", _rule_mae),
+    "mocov3": ("state_dict", _rule_mocov3),
+}
+
+
 def _read(path: Path) -> tuple[Any, str | None]:
     """(checkpoint, note): torch.load restricted to tensors and plain data (argparse args allowed);
     full unpickling only as a fallback, noted in the report and warned about."""
@@ -211,12 +268,23 @@ def _select(checkpoint: Any, format: str, source: str, report: LoadReport) -> tu
         if "model" in container:
             return _strip_data_parallel(entry("model")), _rule_hvc_training
         return _strip_data_parallel(_tensor_dict(container, source, "the file")), _rule_plain
-    if format == "moco":
-        return entry("state_dict"), _rule_moco
-    if format == "stt":
-        return entry("state_dict"), _rule_stt
-    if format == "crw":
-        return entry("model"), _rule_crw
+    if format in _ENTRY_FORMATS:
+        name, rule = _ENTRY_FORMATS[format]
+        return entry(name), rule
+    if format == "dino":
+        # DINO's loader takes `teacher` when the file has one (its default --checkpoint_key).
+        if "teacher" in container:
+            return entry("teacher"), _rule_dino
+        if not all(torch.is_tensor(value) for value in container.values()):
+            raise VcorrError(f"{source}: neither a DINO backbone state dict nor a DINO training checkpoint "
+                             f"with a 'teacher' entry (found: {', '.join(map(str, list(container)[:8]))})")
+        return _tensor_dict(container, source, "the file"), _rule_dino
+    if format == "dinov2":
+        state = _tensor_dict(container, source, "the file")
+        if "register_tokens" in state:
+            raise VcorrError(f"{source}: a DINOv2 model with register tokens (register_tokens, the _reg models); "
+                             "only the models without registers are supported")
+        return state, _rule_dinov2
     if format == "vcorr":
         if container.get("format") != VCORR_FORMAT_TAG:
             raise VcorrError(f"{source}: not a vcorr encoder checkpoint (no format: {VCORR_FORMAT_TAG!r})")
@@ -226,7 +294,7 @@ def _select(checkpoint: Any, format: str, source: str, report: LoadReport) -> tu
 
 
 def load_weights(
-    encoder: ResNetEncoder,
+    encoder: ResNetEncoder | VisionTransformer,
     source: str | Path | Mapping,
     format: str,
     strict: bool = True,
@@ -292,7 +360,7 @@ def cpu_state_dict(module: torch.nn.Module, prefix: str = "") -> dict[str, torch
     return {f"{prefix}{key}": value.detach().cpu() for key, value in module.state_dict().items()}
 
 
-def vcorr_checkpoint(encoder: ResNetEncoder, meta: Mapping | None = None) -> dict:
+def vcorr_checkpoint(encoder: ResNetEncoder | VisionTransformer, meta: Mapping | None = None) -> dict:
     """The vcorr checkpoint object of `encoder` (format tag, version, arch, CPU state dict, `meta`
     as provenance in plain data): what `save_weights` writes and format `vcorr` loads."""
     return {
@@ -304,7 +372,7 @@ def vcorr_checkpoint(encoder: ResNetEncoder, meta: Mapping | None = None) -> dic
     }
 
 
-def save_weights(encoder: ResNetEncoder, path: str | Path, meta: Mapping | None = None) -> None:
+def save_weights(encoder: ResNetEncoder | VisionTransformer, path: str | Path, meta: Mapping | None = None) -> None:
     """Write `encoder` as a vcorr checkpoint (atomically); `meta` holds provenance (plain data)."""
     from vcorr.io import atomic_file
 

@@ -1,4 +1,5 @@
-"""Label propagation through feature affinities: protocols "crw" (HVC) and "stt" (Spa-then-Temp).
+"""Label propagation through feature affinities: protocols "crw" (HVC, videowalk), "stt"
+(Spa-then-Temp) and "dino" (DINO's eval_video_segmentation.py, `vcorr.propagation.dino`).
 
 Entry points:
 
@@ -11,7 +12,9 @@ Entry points:
 `propagate` is `propagate_stream` collected: there is one code path. Parameters:
 crw: ``cxt_size, radius, topk, temp`` (+ ``num_channels=20``); stt: ``precede, topk, temp,
 nrange, with_first_neighbor=True, output_size=None`` (the frame size
-when the labels come at the input size, `vcorr.propagation.stt_labels`); both: ``tile_size=None`` (query tile
+when the labels come at the input size, `vcorr.propagation.stt_labels`); dino:
+``n_last_frames, size_mask_neighborhood, topk, temp=0.1, stride`` (the encoder's, by which the
+soft labels are upsampled) and ``ties`` (no effect: ties are kept); crw and stt: ``tile_size=None`` (query tile
 (rows, cols), speed only; None picks one by context size) and
 ``affinity_dtype="float32"`` (opt-in "float16" / "bfloat16" affinities; not exact) and
 ``ties="cpu"`` (whose torch.topk choice among exact affinity ties to reproduce, the originals'
@@ -31,6 +34,7 @@ _EXPORTS = {
     "propagate": "vcorr.propagation.stream",
     "propagate_stream": "vcorr.propagation.stream",
     "CRWPropagator": "vcorr.propagation.protocols",
+    "DINOPropagator": "vcorr.propagation.dino",
     "PropagatedFrame": "vcorr.propagation.protocols",
     "STTPropagator": "vcorr.propagation.protocols",
 }

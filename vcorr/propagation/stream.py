@@ -10,9 +10,11 @@ from dataclasses import dataclass
 import torch
 
 from vcorr.errors import VcorrError
+from vcorr.propagation.dino import DINOPropagator
 from vcorr.propagation.protocols import CRWPropagator, PropagatedFrame, STTPropagator
 
-PROTOCOLS = {"crw": CRWPropagator, "stt": STTPropagator}
+PROTOCOLS = {"crw": CRWPropagator, "stt": STTPropagator, "dino": DINOPropagator}
+Propagator = CRWPropagator | STTPropagator | DINOPropagator
 
 
 @dataclass
@@ -21,7 +23,7 @@ class PropagationResult:
     ids: torch.Tensor  # [T, H, W] uint8
 
 
-def make_propagator(protocol: str, label0, **params) -> CRWPropagator | STTPropagator:
+def make_propagator(protocol: str, label0, **params) -> Propagator:
     if protocol not in PROTOCOLS:
         raise VcorrError(f"unknown propagation protocol {protocol!r} (known: {sorted(PROTOCOLS)})")
     propagator = PROTOCOLS[protocol]

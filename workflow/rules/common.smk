@@ -221,7 +221,8 @@ def cross_protocol_cells():
     cross-protocol` builds the same list from the same arguments)."""
     from vcorr.evaluation.cross_protocol import cross_protocol_cells
 
-    return cross_protocol_cells(cross_protocol_methods(), cross_protocol_benchmarks(), METHODS, PROTOCOLS)
+    tasks = {name: entry["task"] for name, entry in BENCHMARKS.items()}
+    return cross_protocol_cells(cross_protocol_methods(), cross_protocol_benchmarks(), METHODS, PROTOCOLS, tasks)
 
 
 def cross_protocol_methods():
