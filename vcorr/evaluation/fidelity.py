@@ -93,16 +93,44 @@ def compare_with_original(
     if not original.is_dir():
         raise VcorrError(f"{original}: missing (the original's outputs folder)")
     entry = benchmark_entry(benchmark)
+    plans, listed = plan_run(entry, Path(data_root), sequences)
+    for name in select_sequences(listed, sequences, None):
+        for path in _output_files(plans[name], entry.task, original):
+            if not path.is_file():
+                raise VcorrError(f"{path}: missing (the original's output for sequence {name})")
     with tempfile.TemporaryDirectory(prefix="vcorr-fidelity-") as temporary:
         out = Path(predictions) if predictions is not None else Path(temporary)
         margins: dict = {}
         propagate_benchmark(benchmark, data_root, method, out, sequences=sequences, device=device,
                             weights_root=weights_root, overrides=overrides, force=True, margins=margins)
-        plans, listed = plan_run(entry, Path(data_root), sequences)
-        return [
-            _compare_sequence(plans[name], entry.task, margins[name], out, original, tolerance)
-            for name in select_sequences(listed, sequences, None)
-        ]
+        return compare_predictions(benchmark, data_root, out, margins, original, tolerance)
+
+
+def compare_predictions(
+    benchmark: str, data_root: str | Path, predictions: str | Path, margins: dict, other: str | Path,
+    tolerance: Tolerance = Tolerance(),
+) -> list[SequenceFidelity]:
+    """vcorr's `predictions` folder, made by `propagate_benchmark(..., margins=margins)`, against
+    another folder of the same layout (an original's outputs, or another vcorr run), for every
+    sequence in `margins`."""
+    from vcorr.data.benchmarks import benchmark as benchmark_entry
+    from vcorr.evaluation.pipeline import plan_run
+
+    other = Path(other)
+    if not other.is_dir():
+        raise VcorrError(f"{other}: missing (the outputs to compare with)")
+    entry = benchmark_entry(benchmark)
+    plans, _ = plan_run(entry, Path(data_root), list(margins))
+    return [
+        _compare_sequence(plans[name], entry.task, recorder, Path(predictions), other, tolerance)
+        for name, recorder in margins.items()
+    ]
+
+
+def _output_files(plan, task: str, folder: Path) -> list[Path]:
+    if task == "jhmdb":
+        return [folder / f"{plan.name}.npy"]
+    return [folder / plan.name / f"{frame}.png" for frame in plan.written]
 
 
 def _compare_sequence(plan, task: str, recorder, out: Path, original: Path, tolerance: Tolerance) -> SequenceFidelity:
@@ -124,13 +152,12 @@ def _compare_sequence(plan, task: str, recorder, out: Path, original: Path, tole
             result.frames[frame] = classify_joints(joint_maps(recorder, t), ours[..., t], theirs[..., t], deltas, tolerance)
         return result
     result = SequenceFidelity(plan.name, "pixels")
-    for frame in plan.written:
-        t = plan.frames.index(frame)
+    for frame, path in zip(plan.written, _output_files(plan, task, original)):
         ours = read_index_png(out / plan.name / f"{frame}.png")
-        theirs = read_index_png(original / plan.name / f"{frame}.png")
+        theirs = read_index_png(path)
         if theirs.shape != ours.shape:
-            raise VcorrError(f"{original / plan.name / f'{frame}.png'}: size {theirs.shape}, vcorr's output is {ours.shape}")
-        result.frames[frame] = classify_ids(recorder, t, ours, theirs, bounds, tolerance)
+            raise VcorrError(f"{path}: size {theirs.shape}, vcorr's output is {ours.shape}")
+        result.frames[frame] = classify_ids(recorder, plan.frames.index(frame), ours, theirs, bounds, tolerance)
     return result
 
 

@@ -267,7 +267,7 @@ class ContextMemory:
         for tile in self.tiles:
             tile_query = query_hwk[tile.rows, tile.cols].reshape(-1, query_hwk.shape[-1])
             windowed = self._windowed_scores(tile, tile_query) if needs_windowed else None
-            dense_cache: dict[tuple[int, int], _DenseCandidates] = {}
+            dense_cache: dict = {}  # dense -> the tile's scores; (dense, k) -> _DenseCandidates
             group_cache: dict[tuple[int, ...], torch.Tensor] = {}
             for size, size_results in zip(sizes, results):
                 for context, slots, result in zip(contexts, slot_lists, size_results):
@@ -294,7 +294,9 @@ class ContextMemory:
         dense = None
         if context.dense is not None:
             if (context.dense, k) not in dense_cache:
-                dense_cache[context.dense, k] = self._dense_candidates(tile_query, context.dense, k)
+                if context.dense not in dense_cache:  # the scores serve every k
+                    dense_cache[context.dense] = (tile_query @ self.dense_keys[context.dense].t()).to(torch.float32)
+                dense_cache[context.dense, k] = self._dense_candidates(dense_cache[context.dense], context.dense, k)
             dense = dense_cache[context.dense, k]
             parts_values.append(dense.values)
             parts_rows.append(dense.rows)
@@ -379,13 +381,10 @@ class ContextMemory:
         boundary = _Boundary(best_maxima[:, -1], tied)
         return values.reshape(n_queries, -1), rows.reshape(n_queries, -1), boundary
 
-    def _dense_candidates(
-        self, tile_query: torch.Tensor, dense: int, k: int
-    ) -> _DenseCandidates:
-        """The k best keys of a dense reference frame for each of the tile's queries, by the same
-        two stages (groups = key rows of the frame)."""
-        n_queries = tile_query.shape[0]
-        scores = (tile_query @ self.dense_keys[dense].t()).to(torch.float32)  # [Q, hw]
+    def _dense_candidates(self, scores: torch.Tensor, dense: int, k: int) -> _DenseCandidates:
+        """The k best keys of a dense reference frame for each of the tile's queries, from their
+        scores against it [Q, hw], by the same two stages (groups = key rows of the frame)."""
+        n_queries = scores.shape[0]
         row_max = scores.view(n_queries, self.height, self.width).amax(dim=2)
         best_row_max, best_rows, rows_tied = ordered_topk(row_max, min(k, self.height))
         best_rows, _ = best_rows.sort(dim=1)
