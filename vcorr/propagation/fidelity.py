@@ -188,9 +188,10 @@ def classify_ids(
     if not torch.equal(read_out(soft, recorder.out_size, align, recorder.min_max), torch.from_numpy(ours)):
         raise VcorrError(f"frame {t}: vcorr's written ids are not the recorded run's read-out (another run?)")
     up = _upsample(soft, recorder.out_size, recorder.protocol)  # [M, H, W]
-    ys, xs = torch.from_numpy(differing[:, 0]), torch.from_numpy(differing[:, 1])
-    a = torch.from_numpy(ours[ys, xs].astype(np.int64))
-    b = torch.from_numpy(other[ys, xs].astype(np.int64))
+    rows, cols = differing[:, 0], differing[:, 1]
+    a = torch.from_numpy(ours[rows, cols].astype(np.int64))
+    b = torch.from_numpy(other[rows, cols].astype(np.int64))
+    ys, xs = torch.from_numpy(rows), torch.from_numpy(cols)
     levels = (
         ("label_near_tie", None),
         ("affinity_near_tie", bounds.this_frame[t]),
@@ -216,13 +217,13 @@ def _argmax_may_flip(
     zero everywhere stays zero under rounding (products of zeros); only flips can bring it in.
     With the min-max normalisation each channel's min and max over the frame move too (interval
     bounds on (u - lo) / (hi - lo), which grows with u and shrinks with lo and hi as u <= hi)."""
-    empty = up.flatten(1).amax(1) <= 0
-    reachable = ~empty[b] | (flips[ys, xs] > 0)
     if bool((b >= up.shape[0]).any()):  # an id vcorr's labels have no channel for
         result = torch.zeros(len(b), dtype=torch.bool)
         inside = b < up.shape[0]
         result[inside] = _argmax_may_flip(up, flips, rounding, min_max, ys[inside], xs[inside], a[inside], b[inside])
         return result
+    empty = up.flatten(1).amax(1) <= 0
+    reachable = ~empty[b] | (flips[ys, xs] > 0)
     delta = flips + rounding
     value_a, value_b, d = up[a, ys, xs], up[b, ys, xs], delta[ys, xs]
     if not min_max:
