@@ -134,22 +134,19 @@ def _output_files(plan, task: str, folder: Path) -> list[Path]:
 
 
 def _compare_sequence(plan, task: str, recorder, out: Path, original: Path, tolerance: Tolerance) -> SequenceFidelity:
+    from vcorr.evaluation.scoring import read_predicted_coords
     from vcorr.io import read_index_png
-    from vcorr.propagation.fidelity import (
-        _upsample, classify_ids, classify_joints, joint_maps, perturbation_bounds,
-    )  # fmt: skip
+    from vcorr.propagation.fidelity import classify_ids, classify_joints, joint_deltas, joint_maps, perturbation_bounds
 
     bounds = perturbation_bounds(recorder, tolerance.affinity)
     if task == "jhmdb":
         ours = np.load(out / f"{plan.name}.npy")
-        theirs = _read_coordinates(original / f"{plan.name}.npy", ours.shape)
+        theirs = read_predicted_coords(original / f"{plan.name}.npy", ours.shape[2], ours.shape[1])
         result = SequenceFidelity(plan.name, "joints")
         for t, frame in enumerate(plan.frames):
-            deltas = {
-                "affinity_near_tie": _upsample(bounds.this_frame[t], recorder.out_size, recorder.protocol),
-                "downstream": _upsample(bounds.carried[t], recorder.out_size, recorder.protocol),
-            }
-            result.frames[frame] = classify_joints(joint_maps(recorder, t), ours[..., t], theirs[..., t], deltas, tolerance)
+            result.frames[frame] = classify_joints(
+                joint_maps(recorder, t), ours[..., t], theirs[..., t], joint_deltas(recorder, bounds, t), tolerance
+            )
         return result
     result = SequenceFidelity(plan.name, "pixels")
     for frame, path in zip(plan.written, _output_files(plan, task, original)):
@@ -159,18 +156,6 @@ def _compare_sequence(plan, task: str, recorder, out: Path, original: Path, tole
             raise VcorrError(f"{path}: size {theirs.shape}, vcorr's output is {ours.shape}")
         result.frames[frame] = classify_ids(recorder, plan.frames.index(frame), ours, theirs, bounds, tolerance)
     return result
-
-
-def _read_coordinates(path: Path, shape: tuple[int, ...]) -> np.ndarray:
-    try:
-        coordinates = np.load(path)
-    except FileNotFoundError:
-        raise VcorrError(f"{path}: missing") from None
-    except (OSError, ValueError) as error:
-        raise VcorrError(f"{path}: unreadable .npy ({error})") from None
-    if coordinates.shape != shape:
-        raise VcorrError(f"{path}: coordinates of shape {coordinates.shape}, vcorr's are {shape} ([2, joints, frames])")
-    return coordinates
 
 
 def fidelity_table(results: list[SequenceFidelity], tolerance: Tolerance) -> str:

@@ -247,14 +247,22 @@ def joint_maps(recorder: MarginRecorder, t: int) -> torch.Tensor:
     return _upsample(recorder.soft[t], recorder.out_size, recorder.protocol)
 
 
+def joint_deltas(recorder: MarginRecorder, bounds: Bounds, t: int) -> dict[str, torch.Tensor]:
+    """Frame `t`'s `Bounds` at the read-out size, as `classify_joints` takes them."""
+    return {
+        "affinity_near_tie": _upsample(bounds.this_frame[t], recorder.out_size, recorder.protocol),
+        "downstream": _upsample(bounds.carried[t], recorder.out_size, recorder.protocol),
+    }
+
+
 def classify_joints(
     maps: torch.Tensor, ours: np.ndarray, other: np.ndarray, deltas: dict[str, torch.Tensor | None],
     tolerance: Tolerance,
 ) -> FrameComparison:
     """One frame's joints `ours` `[2, J]` (read from `maps` `[J, H, W]`) against `other`'s.
 
-    `deltas`: {kind: `[H, W]` bound on the maps' change from top-k flips, or None} for
-    "affinity_near_tie" and "downstream" (`Bounds` upsampled); the value rounding
+    `deltas`: {kind: `[H, W]` bound on the maps' change from top-k flips} for
+    "affinity_near_tie" and "downstream" (`joint_deltas`; {}: rounding alone); the value rounding
     `tolerance.label` is added to each. The coordinates are the top-5 pixels' positions weighted
     by their values: with the same top-5 they move by at most sum(delta_i |p_i - c|) /
     (sum(v_i) - sum(delta_i)); where more pixels may enter the top-5, anywhere inside the box of
