@@ -19,7 +19,7 @@ def _listed_subcommands(*args: str) -> set[str]:
 
 
 def test_help_lists_the_subcommands():
-    assert _listed_subcommands() == {"data", "export", "propagate", "report", "score", "train"}
+    assert _listed_subcommands() == {"data", "export", "fidelity", "propagate", "report", "score", "train"}
     assert _listed_subcommands("score") == {"davis", "jhmdb", "vip"}
     assert _listed_subcommands("data") >= {"fetch", "extract", "index", "list", "demo"}
 
