@@ -13,8 +13,8 @@ what its top-k decided and by how much:
 `vcorr.propagation.fidelity` turns these into the margin of every output decision (arg-max of
 the labels, top-5 read-out of a heat map) and classifies differences against another run.
 
-Recording costs one more, longer, top-k ranking per frame from the same affinities; without a recorder the propagators do
-nothing of this (one `is None` test per frame).
+Recording costs one more, longer, top-k ranking per frame from the same affinities (no second
+GEMM); without a recorder the propagators do nothing of this (one `is None` test per frame).
 """
 
 from __future__ import annotations
