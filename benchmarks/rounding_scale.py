@@ -1,8 +1,9 @@
 """The rounding scale of vcorr's propagation, which sets `vcorr.propagation.fidelity.Tolerance`.
 
 Runs `vcorr propagate` on the e2e fixtures (../shared/testdata/e2e) with margins recorded, once per
-variant, each in its own process: `base` (1 thread), `threads2` (2 threads), `avx2` (ATen and MKL
-forced to their AVX2 kernels: on an AVX-512 machine, the other machine class), `float64` (the
+variant, each in its own process: `base` (1 thread), `threads2` (2 threads), `avx2` (ATen, MKL and
+oneDNN, which runs the convolutions, forced to their AVX2 kernels: on an AVX-512 machine, the other
+machine class), `float64` (the
 encoders in float64: the float32 encoder's own error). Against `base` it prints, per case and
 variant, the largest difference of one affinity (the same key selected at the same place of the
 same query), and of one soft label value at queries no top-k flip can reach (the perturbation
@@ -35,7 +36,7 @@ CASES = {
 VARIANTS = {
     "base": ({}, 1, False),
     "threads2": ({}, 2, False),
-    "avx2": ({"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}, 1, False),
+    "avx2": ({"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}, 1, False),
     "float64": ({}, 1, True),
 }
 
