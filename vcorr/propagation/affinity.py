@@ -246,7 +246,8 @@ class ContextMemory:
         """The top-k context keys of every position of `query` [K, h, w] (normalised), per context.
 
         `ranked`: also the top-`ranked` of each context from the same scores (the margins
-        diagnostic, vcorr.propagation.margins), returned second."""
+        diagnostic, vcorr.propagation.margins), returned second; among exact ties in any order
+        (the diagnostic counts ties on both sides of the cut), so without the tie rule's rows."""
         hw = self.height * self.width
         query_hwk = query.permute(1, 2, 0).to(self.affinity_dtype)
         sizes = [k] if ranked is None else [k, ranked]
@@ -269,10 +270,10 @@ class ContextMemory:
             windowed = self._windowed_scores(tile, tile_query) if needs_windowed else None
             dense_cache: dict = {}  # dense -> the tile's scores; (dense, k) -> _DenseCandidates
             group_cache: dict[tuple[int, ...], torch.Tensor] = {}
-            for size, size_results in zip(sizes, results):
+            for size, tie_rule, size_results in zip(sizes, (True, False), results):
                 for context, slots, result in zip(contexts, slot_lists, size_results):
                     top_values, value_rows = self._tile_topk(
-                        tile, tile_query, windowed, dense_cache, group_cache, context, slots, size
+                        tile, tile_query, windowed, dense_cache, group_cache, context, slots, size, tie_rule
                     )
                     result.similarity[tile.query_index] = top_values
                     result.value_rows[tile.query_index] = value_rows
@@ -288,8 +289,10 @@ class ContextMemory:
         context: ContextList,
         slots: torch.Tensor,
         k: int,
+        tie_rule: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One context's top-k for the tile's queries: similarities and value rows [Q, k]."""
+        """One context's top-k for the tile's queries: similarities and value rows [Q, k];
+        `tie_rule=False` leaves exact ties at the cut as `ordered_topk` breaks them."""
         parts_values, parts_rows, parts_keys, boundaries = [], [], [], []
         dense = None
         if context.dense is not None:
@@ -316,6 +319,8 @@ class ContextMemory:
         )
         top_values, top_index, tied = ordered_topk(values, k)
         value_rows = rows.gather(1, top_index)
+        if not tie_rule:
+            return top_values, value_rows
         open_choice = _needs_original_row(values, keys, top_values[:, k - 1], tied, boundaries)
         if bool(open_choice.any()):
             queries = open_choice.nonzero().squeeze(1)
