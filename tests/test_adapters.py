@@ -12,6 +12,8 @@ from PIL import Image
 from vcorr.errors import VcorrError
 from vcorr.io import DAVIS_PALETTE, read_index_png
 from vcorr.propagation import propagate
+from vcorr.propagation.fidelity import Tolerance, classify_joints, joint_maps, perturbation_bounds
+from vcorr.propagation.margins import MarginRecorder
 from vcorr.propagation.adapters import (
     IndexPngWriter,
     KeypointWriter,
@@ -74,14 +76,18 @@ def test_joint_heatmaps_follow_the_reference_drawing():
     ],
 )
 def test_keypoints_through_still_frames_stay_put(protocol, params):
-    """JHMDB adapter end to end: heat maps at the joints, a still clip, coordinates read back."""
+    """JHMDB adapter end to end: heat maps at the joints, a still clip, coordinates read back. They
+    stay put on every CPU as `vcorr.propagation.fidelity` defines it: equal, or where the heat
+    map's top-5 holds a near-tie within rounding (Spa-then-Temp's maps hold exact ties at the cut
+    here, so one CPU's rounding moved joint 7 by 0.195 px), within those tied pixels' box."""
     generator = torch.Generator().manual_seed(0)
     h, w, stride = 10, 12, 4
     feats = torch.randn(1, 64, h, w, generator=generator).expand(3, -1, -1, -1).clone()
     joints = np.stack([np.linspace(8, 38, 15), np.linspace(6, 32, 15)])
     size = (h * stride, w * stride)
     heat = joint_heatmaps(joints, size)
-    result = propagate(feats, heat, protocol, **params)
+    recorder = MarginRecorder()
+    result = propagate(feats, heat, protocol, observer=recorder, **params)
     assert result.soft.shape == (3, 15, h, w)
     writer = KeypointWriter()
     for soft in result.soft:
@@ -90,7 +96,17 @@ def test_keypoints_through_still_frames_stay_put(protocol, params):
     assert coords.shape == (2, 15, 3)
     centres = np.stack([np.trunc(joints[0] - 12) + 12, np.trunc(joints[1] - 12) + 12])
     assert np.abs(coords - centres[..., None]).max() < 2.0  # a stride-4 grid's worth of blur
-    np.testing.assert_allclose(coords[..., 1], coords[..., 0], atol=1e-4)
+    tolerance = Tolerance()
+    bounds = perturbation_bounds(recorder, tolerance.affinity)
+    assert max(float(bound.max()) for bound in bounds.carried) < 1e-6  # the still clip selects itself
+    for t in (1, 2):
+        assert np.array_equal(joint_maps(recorder, t).numpy(), upsample_soft(result.soft[t], protocol, size).numpy())
+        comparison = classify_joints(joint_maps(recorder, t), coords[..., t], coords[..., 0], {}, tolerance)
+        assert set(comparison.counts) <= {"equal", "heatmap_near_tie"}, comparison.where
+    moved = np.array(coords[..., 0])
+    moved[0, 7] += 0.195
+    near_tie = classify_joints(joint_maps(recorder, 1), coords[..., 1], moved, {}, tolerance).where
+    assert near_tie == ({"heatmap_near_tie": [7]} if protocol == "stt" else {"real_deviation": [7]})
 
 
 def test_upsample_soft_uses_the_protocols_alignment():

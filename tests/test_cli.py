@@ -5,7 +5,6 @@ import sys
 import numpy as np
 import pytest
 
-from vcorr.cli import main
 from vcorr.io import DAVIS_PALETTE, atomic_file, read_index_png, write_index_png
 from vcorr.errors import VcorrError
 from PIL import Image
@@ -19,7 +18,7 @@ def _listed_subcommands(*args: str) -> set[str]:
 
 
 def test_help_lists_the_subcommands():
-    assert _listed_subcommands() == {"data", "export", "propagate", "report", "score", "train"}
+    assert _listed_subcommands() == {"data", "export", "fidelity", "propagate", "report", "score", "train"}
     assert _listed_subcommands("score") == {"davis", "jhmdb", "vip"}
     assert _listed_subcommands("data") >= {"fetch", "extract", "index", "list", "demo"}
 

@@ -1,110 +1,204 @@
 """End to end against the originals' own test pipelines (../shared/testdata/e2e, see its README):
-`vcorr propagate` on a real video with random weights in the released file formats must give the
-original's outputs on every frame, frame 0 included. Plus videowalk's load order (its test.py
-loads the checkpoint after its train-mode dummy forward passes, so its BN statistics are the
-file's)."""
+`vcorr propagate` on a real video with random weights in the released file formats gives the
+original's outputs on every frame, frame 0 included, equal on every CPU as
+`vcorr.propagation.fidelity` defines it: ids and joints equal except where vcorr's own margins
+show a near-tie within float rounding (or a difference carried from one), and no more than the
+cap; a real deviation fails. Plus videowalk's load order (its test.py loads the checkpoint after
+its train-mode dummy forward passes, so its BN statistics are the file's)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from torch import nn
 from torchvision.models import resnet as tv_resnet
 
 from vcorr.cli import main
+from vcorr.evaluation.fidelity import SequenceFidelity, compare_predictions
+from vcorr.evaluation.pipeline import propagate_benchmark
+from vcorr.propagation.fidelity import Tolerance
 
 E2E = Path(__file__).resolve().parents[1].parent / "shared" / "testdata" / "e2e"
 JHMDB_CLIP = "swing_baseball/HowtoswingaBaseballbat_swing_baseball_f_nm_np1_le_bad_0"
 
 needs_fixtures = pytest.mark.skipif(not E2E.is_dir(), reason=f"{E2E} absent (the e2e fixtures of ../shared/testdata)")
 
+# case: (benchmark, data folder, method, weights fixture, --sequences, frames). The JHMDB fixture
+# holds one clip of the split list: --sequences needs only that one on disk.
+CASES = {
+    "hvc-box-a": ("davis17", "davis", "hvc_release_coco", "hvc-box-a", None, 10),
+    "stt-box-b": ("davis17", "davis", "stt_release_r18_s8", "stt-box-b", None, 10),
+    "stt-vip-a": ("vip", "VIP_Fine", "stt_release_r18_s8", "stt-box-b", None, 8),
+    "stt-jhmdb-a": ("jhmdb", "JHMDB", "stt_release_r18_s8", "stt-box-b", [JHMDB_CLIP], 10),
+}
 
-def _propagate(out: Path, benchmark: str, data_root: Path, method: str, weights: Path, *extra: str) -> None:
+
+def _propagate(out: Path, case: str, *overrides: str, data_root: Path | None = None) -> dict:
+    """vcorr's run of a case with its margins recorded: {sequence: MarginRecorder}."""
+    benchmark, data, method, weights, sequences, _ = CASES[case]
     torch.set_num_threads(1)
-    args = ["propagate", "--benchmark", benchmark, "--data-root", str(data_root), "--method-config", method,
-            "--weights-root", str(weights), "--out", str(out), "--device", "cpu", *extra]
-    assert main(args) == 0
+    margins: dict = {}
+    propagate_benchmark(benchmark, data_root or E2E / case / data, method, out, sequences=sequences, device="cpu",
+                        weights_root=E2E / weights / "weights", overrides=overrides, margins=margins)
+    return margins
 
 
-def _agreement(ours: Path, official: Path) -> dict[str, float]:
-    """Per frame of the original's outputs, the fraction of pixels with the same id."""
-    frames = sorted(official.glob("*.png"))
-    assert frames
-    agreement = {}
-    for frame in frames:
-        expected = np.array(Image.open(frame))
-        got = np.array(Image.open(ours / frame.name))
-        assert got.shape == expected.shape, frame.name
-        agreement[frame.name] = float((got == expected).mean())
-    return agreement
+def _compare(case: str, out: Path, margins: dict, other: Path | None = None, tolerance: Tolerance = Tolerance(),
+             data_root: Path | None = None) -> SequenceFidelity:
+    benchmark, data = CASES[case][:2]
+    (result,) = compare_predictions(benchmark, data_root or E2E / case / data, out, margins,
+                                    other or E2E / case / "official", tolerance)
+    return result
 
 
-# (fixture, benchmark, data folder, method, weights fixture, sequence, frames, frame 0, minimum
-# agreement). Frame 0 of Spa-then-Temp is the annotation's round trip through its input size.
-ID_MAP_CASES = {
-    "hvc-box-a": ("davis17", "davis", "hvc_release_coco", "hvc-box-a", "boxslic", 10, "00000.png", 0.9999),
-    "stt-box-b": ("davis17", "davis", "stt_release_r18_s8", "stt-box-b", "boxslic", 10, "00000.png", 0.9995),
-    "stt-vip-a": ("vip", "VIP_Fine", "stt_release_r18_s8", "stt-box-b", "videos338", 8, "000000.png", 0.9995),
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """One propagation per case, made when a test first asks: (predictions folder, margins)."""
+    made = {}
+
+    def run(case: str) -> tuple[Path, dict]:
+        if case not in made:
+            out = tmp_path_factory.mktemp(case)
+            made[case] = out, _propagate(out, case)
+        return made[case]
+
+    return run
+
+
+@needs_fixtures
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(CASES))
+def test_outputs_equal_the_originals_but_for_near_ties(runs, case):
+    result = _compare(case, *runs(case))
+    assert len(result.frames) == CASES[case][5]
+    # Frame 0 (Spa-then-Temp: the annotation's round trip through its input size) has no near-tie.
+    first = next(iter(result.frames.values()))
+    assert first.counts["equal"] == first.places, first.where
+    summary = result.as_dict(Tolerance())
+    assert summary["by_kind"]["real_deviation"] == 0, summary["real_deviations"]
+    assert result.faithful(Tolerance()), summary
+
+
+@needs_fixtures
+@pytest.mark.slow
+def test_stt_jhmdb_a_frame0_is_the_heat_maps_round_trip(runs):
+    # Frame 0 is read from the heat maps' round trip through 320x320 (it was 2.8 px off before).
+    out, _ = runs("stt-jhmdb-a")
+    ours = np.load(out / f"{JHMDB_CLIP}.npy")
+    official = np.load(E2E / "stt-jhmdb-a" / "official" / f"{JHMDB_CLIP}.npy")
+    assert ours.shape == official.shape == (2, 15, 10)
+    assert np.abs(ours[..., 0] - official[..., 0]).max() <= 1e-6
+
+
+@needs_fixtures
+@pytest.mark.slow
+def test_the_cuda_tie_rule_reaches_propagation_and_changes_only_exact_ties(tmp_path, runs):
+    """Ties broken as CUDA's topk breaks them (method option `ties`, recorded in the run record)
+    move joints, and only where vcorr's own run holds an exact tie (affinity and label tolerance
+    0) or downstream of one; the original run on the CPU is still matched. (How far they move
+    depends on the CPU: 8.8 px where the fixture was made, 0.002 px on an AVX-512 Xeon.)"""
+    cpu, _ = runs("stt-jhmdb-a")
+    margins = _propagate(tmp_path, "stt-jhmdb-a", "ties=cuda")
+    record = json.loads(next(tmp_path.glob(".vcorr-propagate*.json")).read_text())
+    assert record["settings"]["ties"] == "cuda"
+    assert not np.array_equal(np.load(tmp_path / f"{JHMDB_CLIP}.npy"), np.load(cpu / f"{JHMDB_CLIP}.npy"))
+    # The coordinate tolerance stays: the float32 read-out rounds whatever the labels.
+    exact = _compare("stt-jhmdb-a", tmp_path, margins, cpu, Tolerance(affinity=0.0, label=0.0))
+    assert exact.differing > 0 and exact.counts["real_deviation"] == 0, exact.as_dict(Tolerance())
+    assert exact.counts["affinity_near_tie"] > 0
+    assert _compare("stt-jhmdb-a", tmp_path, margins).faithful(Tolerance())
+
+
+def _vip_prefix(root: Path, frames: int) -> Path:
+    """The stt-vip-a fixture cut to its first `frames` frames (data and the original's outputs)."""
+    source = E2E / "stt-vip-a"
+    for path in source.rglob("*"):
+        if path.is_file() and (path.suffix not in (".jpg", ".png") or "Annotations" in path.parts or int(path.stem) < frames):
+            (root / path.relative_to(source)).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, root / path.relative_to(source))
+    return root
+
+
+def _skip_the_label_round_trip(monkeypatch):
+    from vcorr.propagation import stt_labels
+
+    def at_frame_size(labels, input_size, output_size):
+        labels = np.asarray(labels)
+        return stt_labels.STTFirstFrame(labels, stt_labels.first_frame_output(labels, output_size), tuple(output_size))
+
+    monkeypatch.setattr(stt_labels, "stt_first_frame", at_frame_size)
+
+
+def _shift_the_labels_one_pixel(monkeypatch):
+    from vcorr.evaluation import pipeline
+
+    initial_labels = pipeline.initial_labels
+
+    def shifted(*args):
+        label0, late = initial_labels(*args)
+        return np.roll(label0, 1, axis=1), late
+
+    monkeypatch.setattr(pipeline, "initial_labels", shifted)
+
+
+def _lab_constant_off_1_percent(monkeypatch):
+    # The constant's home: vcorr.features, or vcorr.models.preprocess once the layers move it there.
+    for name in ("vcorr.models.preprocess", "vcorr.features"):
+        module = importlib.import_module(name) if importlib.util.find_spec(name) else None
+        if module is not None and hasattr(module, "LAB_STD"):
+            monkeypatch.setattr(module, "LAB_STD", (50.5, 127.0, 127.0))
+            return
+    raise AssertionError("LAB_STD not found")
+
+
+# deviation: (injection, frames needed: the label path shows at frame 0, the encoder's input from 1).
+# A one-pixel label shift: test_vcorr_fidelity_command_reports_and_exits_by_the_verdict.
+DEVIATIONS = {
+    "lab_constant_off_1_percent": (_lab_constant_off_1_percent, 2),
+    "first_frame_label_round_trip_skipped": (_skip_the_label_round_trip, 1),
 }
 
 
 @needs_fixtures
 @pytest.mark.slow
-@pytest.mark.parametrize("case_name", list(ID_MAP_CASES))
-def test_ids_equal_the_originals_on_every_frame(tmp_path, case_name):
-    benchmark, data, method, weights, sequence, frames, frame0, minimum = ID_MAP_CASES[case_name]
-    case = E2E / case_name
-    _propagate(tmp_path, benchmark, case / data, method, E2E / weights / "weights")
-    agreement = _agreement(tmp_path / sequence, case / "official" / sequence)
-    assert len(agreement) == frames
-    assert agreement[frame0] == 1.0
-    assert min(agreement.values()) >= minimum, agreement
+@pytest.mark.parametrize("deviation", list(DEVIATIONS))
+def test_a_real_deviation_fails_the_check(tmp_path, monkeypatch, deviation):
+    """The tolerance is no blanket: each deviation, injected into vcorr's Spa-then-Temp VIP path
+    (the first frames of stt-vip-a), is classified a real deviation and fails."""
+    inject, frames = DEVIATIONS[deviation]
+    root = _vip_prefix(tmp_path / "case", frames)
+    inject(monkeypatch)
+    margins = _propagate(tmp_path / "out", "stt-vip-a", data_root=root / "VIP_Fine")
+    result = _compare("stt-vip-a", tmp_path / "out", margins, root / "official", data_root=root / "VIP_Fine")
+    assert len(result.frames) == frames
+    assert result.counts["real_deviation"] > 0
+    assert not result.faithful(Tolerance())
 
 
-def _jhmdb_distances(out: Path, *extra: str) -> np.ndarray:
-    """Per joint and frame, the distance (px) of vcorr's coordinates to the original's."""
-    if not E2E.is_dir():
-        pytest.skip(f"{E2E} absent")
-    case = E2E / "stt-jhmdb-a"
-    # The fixture holds one clip of the split list: --sequences needs only that one on disk.
-    _propagate(out, "jhmdb", case / "JHMDB", "stt_release_r18_s8", E2E / "stt-box-b" / "weights",
-               "--sequences", JHMDB_CLIP, *extra)
-    ours = np.load(out / f"{JHMDB_CLIP}.npy")
-    official = np.load(case / "official" / f"{JHMDB_CLIP}.npy")
-    assert ours.shape == official.shape == (2, 15, 10)
-    return np.sqrt(((ours - official) ** 2).sum(0))  # [15, T]
-
-
-@pytest.fixture(scope="module")
-def jhmdb_distances(tmp_path_factory):
-    return _jhmdb_distances(tmp_path_factory.mktemp("jhmdb"))
-
-
+@needs_fixtures
 @pytest.mark.slow
-def test_the_cuda_tie_rule_reaches_propagation_and_differs_on_this_clip(tmp_path, jhmdb_distances):
-    """The fixture was made on the CPU: ties as CUDA's topk breaks them move a few joints
-    (method option `ties`, recorded in the run record)."""
-    cuda = _jhmdb_distances(tmp_path, "--set", "ties=cuda")
-    assert cuda.max() > 0.5 >= jhmdb_distances.max()
-    record = json.loads(next(tmp_path.glob(".vcorr-propagate*.json")).read_text())
-    assert record["settings"]["ties"] == "cuda"
-
-
-@pytest.mark.slow
-def test_stt_jhmdb_a_frame0_and_first_propagated_frames(jhmdb_distances):
-    # Frame 0 is read from the heat maps' round trip through 320x320 (it was 2.8 px off before).
-    assert jhmdb_distances[:, 0].max() <= 1e-6
-    assert jhmdb_distances[:, 1:3].max() <= 0.5
-
-
-@pytest.mark.slow
-def test_stt_jhmdb_a_every_joint_and_frame(jhmdb_distances):
-    assert jhmdb_distances.max() <= 0.5
+def test_vcorr_fidelity_command_reports_and_exits_by_the_verdict(tmp_path, capsys, monkeypatch):
+    root = _vip_prefix(tmp_path / "case", frames=1)
+    args = ["fidelity", "--benchmark", "vip", "--data-root", str(root / "VIP_Fine"), "--method-config",
+            "stt_release_r18_s8", "--weights-root", str(E2E / "stt-box-b" / "weights"), "--original",
+            str(root / "official"), "--out", str(tmp_path / "fidelity.json")]
+    torch.set_num_threads(1)
+    _shift_the_labels_one_pixel(monkeypatch)
+    assert main(args) == 1
+    (sequence,) = json.loads((tmp_path / "fidelity.json").read_text())["sequences"]
+    assert sequence["frames"] == 1 and not sequence["faithful"]
+    assert sequence["by_kind"]["real_deviation"] > 0 and sequence["real_deviations"]["000000"]
+    assert "videos338" in capsys.readouterr().out
+    # checked before anything is propagated
+    (root / "official" / "videos338" / "000000.png").unlink()
+    assert main(args) == 2
+    assert f"{root / 'official' / 'videos338' / '000000.png'}: missing" in capsys.readouterr().err
 
 
 # --- videowalk: its test.py builds CRW (train-mode dummy passes: infer_dims, infer_downscale),

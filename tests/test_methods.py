@@ -19,7 +19,7 @@ from vcorr.cli import build_parser
 from vcorr.config import parse_overrides
 from vcorr.evaluation.methods import load_method
 from vcorr.propagation import PROTOCOLS, make_propagator
-from vcorr.propagation.parameters import PROTOCOL_DEFAULTS, PROTOCOL_TASKS
+from vcorr.propagation.parameters import PROTOCOL_TASKS
 from vcorr.config import load_registry
 
 RANDOM_METHOD = {

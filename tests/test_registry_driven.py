@@ -8,7 +8,6 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import pytest
 import yaml
 
 from test_propagate_cli import make_davis, texture, two_bands

@@ -260,6 +260,7 @@ def propagate_benchmark(
     weights_root: str | Path = Path("resources/data"),
     overrides: Sequence[str] = (),
     force: bool = False,
+    margins: dict | None = None,
 ) -> PropagationSummary:
     """Propagate the first-frame labels of every (selected) sequence of `benchmark` found under
     `data_root` with `method` (a Method, a methods.yaml name or a method YAML file) into `out`.
@@ -268,6 +269,8 @@ def propagate_benchmark(
     `KEY=VALUE` protocol parameters or `size` for this benchmark; checkpoints are resolved
     against `weights_root`. Complete sequences of an earlier identical run are skipped; an earlier
     run made otherwise is refused, or with `force` deleted and redone (with every selected sequence).
+    `margins`: a dict that receives, per propagated sequence, the `MarginRecorder` of its run
+    (vcorr.propagation.margins: every decision's margin, for `vcorr.evaluation.fidelity`).
     """
     from tqdm import tqdm
 
@@ -321,7 +324,12 @@ def propagate_benchmark(
         plan = plans[name]
         remove_partial_outputs(out, entry.task, name)
         with tqdm(total=len(plan.frames), desc=f"[{number}/{len(todo)}] {name}", unit="frame", leave=True) as progress:
-            propagate_sequence(plan, entry, extractor, settings, out, progress)
+            observer = None
+            if margins is not None:
+                from vcorr.propagation.margins import MarginRecorder
+
+                observer = margins[name] = MarginRecorder()
+            propagate_sequence(plan, entry, extractor, settings, out, progress, observer)
         frames += len(plan.frames)
     seconds = time.perf_counter() - start
     rate = f", {frames / seconds:.1f} frames/s" if todo and seconds > 0 else ""
@@ -409,13 +417,15 @@ def feature_stream(plan: SequencePlan, extractor, settings, progress) -> Iterato
         yield features
 
 
-def propagate_sequence(plan: SequencePlan, benchmark: Benchmark, extractor, settings, out: Path, progress) -> None:
+def propagate_sequence(
+    plan: SequencePlan, benchmark: Benchmark, extractor, settings, out: Path, progress, observer=None
+) -> None:
     from vcorr.io import atomic_dir
     from vcorr.propagation import propagate_stream
     from vcorr.propagation.adapters import IndexPngWriter
 
     if benchmark.task == "jhmdb":
-        propagate_keypoints(plan, extractor, settings, out, progress)
+        propagate_keypoints(plan, extractor, settings, out, progress, observer)
         return
 
     label0, late = initial_labels(plan, benchmark)
@@ -425,14 +435,14 @@ def propagate_sequence(plan: SequencePlan, benchmark: Benchmark, extractor, sett
         writer = IndexPngWriter(folder)
         stream = propagate_stream(
             feature_stream(plan, extractor, settings, progress), label0, settings.protocol, late=late or None,
-            ties=settings.options["ties"], **params,
+            observer=observer, ties=settings.options["ties"], **params,
         )
         for frame, result in zip(plan.frames, stream):
             if frame in written:
                 writer.write(frame, result.ids)
 
 
-def propagate_keypoints(plan: SequencePlan, extractor, settings, out: Path, progress) -> None:
+def propagate_keypoints(plan: SequencePlan, extractor, settings, out: Path, progress, observer=None) -> None:
     """JHMDB: frame-0 joint heat maps (original resolution) propagated, read out as `[2, 15, T]`
     coordinates at the original resolution, which `vcorr score jhmdb` compares with the joints."""
     import numpy as np
@@ -455,7 +465,7 @@ def propagate_keypoints(plan: SequencePlan, extractor, settings, out: Path, prog
     writer = KeypointWriter()
     stream = propagate_stream(
         feature_stream(plan, extractor, settings, progress), heatmaps, settings.protocol,
-        ties=settings.options["ties"], **params,
+        observer=observer, ties=settings.options["ties"], **params,
     )
     for t, result in enumerate(stream):
         if t == 0 and first is not None:

@@ -238,16 +238,26 @@ class ContextMemory:
         self.values = torch.cat([self.values, labels.flatten(1).t()[None]], 0)
         return len(self.dense_keys) - 1
 
-    def select(self, query: torch.Tensor, contexts: list[ContextList], k: int) -> list[TopK]:
-        """The top-k context keys of every position of `query` [K, h, w] (normalised), per context."""
+    def select(
+        self, query: torch.Tensor, contexts: list[ContextList], k: int, ranked: int | None = None
+    ) -> list[TopK] | tuple[list[TopK], list[TopK]]:
+        """The top-k context keys of every position of `query` [K, h, w] (normalised), per context.
+
+        `ranked`: also the top-`ranked` of each context from the same scores (the margins
+        diagnostic, vcorr.propagation.margins), returned second; among exact ties in any order
+        (the diagnostic counts ties on both sides of the cut), so without the tie rule's rows."""
         hw = self.height * self.width
         query_hwk = query.permute(1, 2, 0).to(self.affinity_dtype)
+        sizes = [k] if ranked is None else [k, ranked]
         results = [
-            TopK(
-                similarity=query.new_empty((hw, k), dtype=torch.float32),
-                value_rows=torch.empty((hw, k), dtype=torch.long, device=query.device),
-            )
-            for _ in contexts
+            [
+                TopK(
+                    similarity=query.new_empty((hw, size), dtype=torch.float32),
+                    value_rows=torch.empty((hw, size), dtype=torch.long, device=query.device),
+                )
+                for _ in contexts
+            ]
+            for size in sizes
         ]
         slot_lists = [
             torch.tensor(c.windowed_slots, dtype=torch.long, device=query.device) for c in contexts
@@ -256,46 +266,66 @@ class ContextMemory:
         for tile in self.tiles:
             tile_query = query_hwk[tile.rows, tile.cols].reshape(-1, query_hwk.shape[-1])
             windowed = self._windowed_scores(tile, tile_query) if needs_windowed else None
-            dense_cache: dict[int, _DenseCandidates] = {}
+            dense_cache: dict = {}  # dense -> the tile's scores; (dense, k) -> _DenseCandidates
             group_cache: dict[tuple[int, ...], torch.Tensor] = {}
-            for context, slots, result in zip(contexts, slot_lists, results):
-                parts_values, parts_rows, parts_keys, boundaries = [], [], [], []
-                dense = None
-                if context.dense is not None:
-                    if context.dense not in dense_cache:
-                        dense_cache[context.dense] = self._dense_candidates(
-                            tile_query, context.dense, k
-                        )
-                    dense = dense_cache[context.dense]
-                    parts_values.append(dense.values)
-                    parts_rows.append(dense.rows)
-                    parts_keys.append(dense.rows + self._dense_alias(context.dense))
-                    boundaries += dense.boundaries
-                if len(slots):
-                    distinct = tuple(sorted(set(context.windowed_slots)))
-                    if distinct not in group_cache:
-                        group_cache[distinct] = self._position_maxima(tile, windowed, distinct)
-                    values, rows, boundary = self._windowed_candidates(
-                        tile, windowed, group_cache[distinct], slots, k
+            for size, tie_rule, size_results in zip(sizes, (True, False), results):
+                for context, slots, result in zip(contexts, slot_lists, size_results):
+                    top_values, value_rows = self._tile_topk(
+                        tile, tile_query, windowed, dense_cache, group_cache, context, slots, size, tie_rule
                     )
-                    parts_values.append(values)
-                    parts_rows.append(rows)
-                    parts_keys.append(rows)
-                    boundaries.append(boundary)
-                values, rows, keys = _pad_candidates(
-                    torch.cat(parts_values, 1), torch.cat(parts_rows, 1), torch.cat(parts_keys, 1), k
-                )
-                top_values, top_index, tied = ordered_topk(values, k)
-                value_rows = rows.gather(1, top_index)
-                open_choice = _needs_original_row(values, keys, top_values[:, k - 1], tied, boundaries)
-                if bool(open_choice.any()):
-                    queries = open_choice.nonzero().squeeze(1)
-                    top_values[queries], value_rows[queries] = self._as_original(
-                        tile, windowed, dense, context, slots, queries, k
-                    )
-                result.similarity[tile.query_index] = top_values
-                result.value_rows[tile.query_index] = value_rows
-        return results
+                    result.similarity[tile.query_index] = top_values
+                    result.value_rows[tile.query_index] = value_rows
+        return results[0] if ranked is None else (results[0], results[1])
+
+    def _tile_topk(
+        self,
+        tile: Tile,
+        tile_query: torch.Tensor,
+        windowed: torch.Tensor | None,
+        dense_cache: dict,
+        group_cache: dict,
+        context: ContextList,
+        slots: torch.Tensor,
+        k: int,
+        tie_rule: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One context's top-k for the tile's queries: similarities and value rows [Q, k];
+        `tie_rule=False` leaves exact ties at the cut as `ordered_topk` breaks them."""
+        parts_values, parts_rows, parts_keys, boundaries = [], [], [], []
+        dense = None
+        if context.dense is not None:
+            if (context.dense, k) not in dense_cache:
+                if context.dense not in dense_cache:  # the scores serve every k
+                    dense_cache[context.dense] = (tile_query @ self.dense_keys[context.dense].t()).to(torch.float32)
+                dense_cache[context.dense, k] = self._dense_candidates(dense_cache[context.dense], context.dense, k)
+            dense = dense_cache[context.dense, k]
+            parts_values.append(dense.values)
+            parts_rows.append(dense.rows)
+            parts_keys.append(dense.rows + self._dense_alias(context.dense))
+            boundaries += dense.boundaries
+        if len(slots):
+            distinct = tuple(sorted(set(context.windowed_slots)))
+            if distinct not in group_cache:
+                group_cache[distinct] = self._position_maxima(tile, windowed, distinct)
+            values, rows, boundary = self._windowed_candidates(tile, windowed, group_cache[distinct], slots, k)
+            parts_values.append(values)
+            parts_rows.append(rows)
+            parts_keys.append(rows)
+            boundaries.append(boundary)
+        values, rows, keys = _pad_candidates(
+            torch.cat(parts_values, 1), torch.cat(parts_rows, 1), torch.cat(parts_keys, 1), k
+        )
+        top_values, top_index, tied = ordered_topk(values, k)
+        value_rows = rows.gather(1, top_index)
+        if not tie_rule:
+            return top_values, value_rows
+        open_choice = _needs_original_row(values, keys, top_values[:, k - 1], tied, boundaries)
+        if bool(open_choice.any()):
+            queries = open_choice.nonzero().squeeze(1)
+            top_values[queries], value_rows[queries] = self._as_original(
+                tile, windowed, dense, context, slots, queries, k
+            )
+        return top_values, value_rows
 
     def _dense_alias(self, dense: int) -> int:
         """Offset from a dense entry's value rows to those of the same frame's slot (the same
@@ -354,13 +384,10 @@ class ContextMemory:
         boundary = _Boundary(best_maxima[:, -1], tied)
         return values.reshape(n_queries, -1), rows.reshape(n_queries, -1), boundary
 
-    def _dense_candidates(
-        self, tile_query: torch.Tensor, dense: int, k: int
-    ) -> _DenseCandidates:
-        """The k best keys of a dense reference frame for each of the tile's queries, by the same
-        two stages (groups = key rows of the frame)."""
-        n_queries = tile_query.shape[0]
-        scores = (tile_query @ self.dense_keys[dense].t()).to(torch.float32)  # [Q, hw]
+    def _dense_candidates(self, scores: torch.Tensor, dense: int, k: int) -> _DenseCandidates:
+        """The k best keys of a dense reference frame for each of the tile's queries, from their
+        scores against it [Q, hw], by the same two stages (groups = key rows of the frame)."""
+        n_queries = scores.shape[0]
         row_max = scores.view(n_queries, self.height, self.width).amax(dim=2)
         best_row_max, best_rows, rows_tied = ordered_topk(row_max, min(k, self.height))
         best_rows, _ = best_rows.sort(dim=1)

@@ -142,6 +142,8 @@ class _Propagator:
         if ties not in TIE_RULES:
             raise VcorrError(f"ties must be one of {list(TIE_RULES)} (vcorr.propagation.parameters), got {ties!r}")
         self.ties = ties
+        # Opt-in diagnostics (vcorr.propagation.margins.MarginRecorder); None costs nothing.
+        self.observer = None
         self.t = 0
         self.memory: ContextMemory | None = None
         self.feature_shape: tuple[int, ...] | None = None
@@ -162,8 +164,18 @@ class _Propagator:
                     f"frame's {self.feature_shape}"
                 )
             output = self._step(features, new_objects)
+        if self.observer is not None:
+            self.observer.pushed(self, output)
         self.t += 1
         return output
+
+    def _select(self, features: torch.Tensor, contexts: list[ContextList]) -> list[TopK]:
+        if self.observer is None:
+            return self.memory.select(features, contexts, self.topk)
+        ranked_size = self.observer.ranked_size(self.topk, contexts)
+        tops, ranked = self.memory.select(features, contexts, self.topk, ranked=ranked_size)
+        self.observer.selected(self, tops, ranked)
+        return tops
 
     def _new_memory(self, features: torch.Tensor, channels: int) -> ContextMemory:
         dim, height, width = features.shape
@@ -237,7 +249,7 @@ class CRWPropagator(_Propagator):
             )
             for t0, dense, _ in self.chains
         ]
-        tops = memory.select(features, contexts, self.topk)
+        tops = self._select(features, contexts)
         shape = tuple(features.shape[-2:])
         merged = sum(
             valid * _predict(memory, top, self.temp, shape)
@@ -332,7 +344,7 @@ class STTPropagator(_Propagator):
             dense=0 if self.first_dense else None,
             windowed_slots=[memory.slot_of[f] for f in frames],
         )
-        (top,) = memory.select(features, [context], self.topk)
+        (top,) = self._select(features, [context])
         soft = _predict(memory, top, self.temp, tuple(features.shape[-2:]))
         memory.keep_only({0} | set(range(t + 1 - self.precede, t + 1)))
         memory.store(t, features, soft)

@@ -46,16 +46,19 @@ def propagate_stream(
     label0,
     protocol: str,
     late: Mapping[int, object] | None = None,
+    observer=None,
     **params,
 ) -> Iterator[PropagatedFrame]:
     """Yield every frame's propagated labels; `features` yields [K, h, w] tensors in order.
 
     `late`: {t: [H, W] id map} of objects first annotated at frame t (only their ids, 0 elsewhere).
+    `observer`: a `vcorr.propagation.margins.MarginRecorder` to record every decision's margin.
     """
     late = dict(late or {})
     if 0 in late:
         raise VcorrError("late objects: frame 0's objects belong in the initial labels")
     propagator = make_propagator(protocol, label0, **params)
+    propagator.observer = observer
     for t, frame_features in enumerate(features):
         yield propagator.push(frame_features, late.pop(t, None))
     if late:
