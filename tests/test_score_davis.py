@@ -12,7 +12,7 @@ from PIL import Image
 
 from vcorr.cli import main
 from vcorr.io import read_index_png, write_index_png
-from vcorr.metrics import davis
+from vcorr.metrics import davis, packed_masks
 from vcorr.io_png import read_ids
 
 # --- Against the official tool's answers ----------------------------------------------------------
@@ -143,6 +143,45 @@ def test_matched_boundary_pixels_at_the_disk_edge():
             boundary[10 + dy, 10 + dx] = True
             expected = int(dx * dx + dy * dy <= radius * radius)
             assert davis.matched_boundary_pixels(boundary, other, radius) == expected, (dy, dx)
+
+
+def _seg2bmap_by_definition(mask):
+    """The official _seg2bmap, unpacked: differs from the right, bottom or bottom-right pixel."""
+    padded = np.pad(mask, ((0, 1), (0, 1)), mode="edge")  # edge pixels compare along the edge only
+    return (mask != padded[:-1, 1:]) | (mask != padded[1:, :-1]) | (mask != padded[1:, 1:])
+
+
+def test_packed_boundary_and_dilation_equal_the_unpacked_definitions():
+    # Widths around the 64-pixel words, radii 1..20, sparse to dense masks.
+    rng = np.random.default_rng(3)
+    for radius in range(1, 21):
+        for width in (1, 7, 63, 64, 65, 130):
+            height = int(rng.integers(1, 40))
+            mask = rng.random((height, width)) < rng.choice([0.01, 0.1, 0.5])
+            boundary = rng.random((height, width)) < 0.3
+            expected = cv2.dilate(mask.astype(np.uint8), davis.disk_kernel(radius)).astype(bool)
+            layout = packed_masks.PackedLayout(width, radius)
+            dilated = layout.unpack(packed_masks.dilate_disk(layout.pack(mask), layout), height)
+            np.testing.assert_array_equal(dilated, expected, err_msg=f"radius {radius}, width {width}")
+            assert davis.matched_boundary_pixels(boundary, mask, radius) == np.count_nonzero(boundary & expected)
+            np.testing.assert_array_equal(davis.seg2bmap(mask), _seg2bmap_by_definition(mask))
+
+
+def test_wide_frames_with_objects_at_the_edges_equal_full_frame_definitions():
+    # Several 64-pixel words per row, objects touching every edge: the windows and edge copies.
+    rng = np.random.default_rng(4)
+    for trial in range(12):
+        shape = (int(rng.integers(30, 90)), int(rng.integers(150, 400)))
+        gt, result = _random_ids(rng, shape, 2, blobs=8), _random_ids(rng, shape, 2, blobs=8)
+        gt[:, -3:], result[-2:, :] = 1, 2
+        if trial % 2:
+            result = np.roll(gt, (int(rng.integers(-9, 10)), int(rng.integers(-9, 10))), axis=(0, 1))
+        radius = davis.boundary_tolerance(*shape)
+        j_values, f_values = davis.score_frame(gt, result, 2)
+        for index, object_id in enumerate((1, 2)):
+            pred_mask, gt_mask = result == object_id, gt == object_id
+            assert j_values[index] == (pred_mask & gt_mask).sum() / (pred_mask | gt_mask).sum()
+            assert f_values[index] == _official_style_f(pred_mask, gt_mask, radius), (trial, object_id)
 
 
 def test_empty_boundaries_precision_recall_cases():

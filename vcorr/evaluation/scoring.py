@@ -13,6 +13,7 @@ submissions are refused with the file named; nothing is written then.
 
 from __future__ import annotations
 
+import os
 import platform
 import sys
 import time
@@ -85,6 +86,10 @@ def score_davis(
 ) -> dict[str, float]:
     """J&F of `predictions` against the DAVIS root; the JSON to `out`, the official CSVs to
     `csv_dir` (default: the predictions folder, as the official tool does). Returns the global measures."""
+    from vcorr.metrics import worker_pool
+
+    if (jobs or os.cpu_count() or 1) > 1:
+        worker_pool.start()  # its imports then overlap the ones below
     from vcorr.io import atomic_file, write_json
     from vcorr.metrics import davis
 
