@@ -89,7 +89,7 @@ def score_davis(
     from vcorr.metrics import worker_pool
 
     if (jobs or os.cpu_count() or 1) > 1:
-        worker_pool.start()  # its imports then overlap the ones below
+        worker_pool.start("vcorr.metrics.davis")  # its imports then overlap the ones below
     from vcorr.io import atomic_file, write_json
     from vcorr.metrics import davis
 

@@ -432,7 +432,7 @@ def evaluate(
     else:
         # Longest sequences first, so no worker is left alone with a long one at the end.
         ordered = sorted(tasks, key=lambda task: len(task.annotations), reverse=True)
-        with concurrent.futures.ProcessPoolExecutor(jobs, worker_pool.context(), initializer=_init_worker) as pool:
+        with concurrent.futures.ProcessPoolExecutor(jobs, worker_pool.context(__name__), initializer=_init_worker) as pool:
             futures = [pool.submit(score_sequence, task) for task in ordered]
             try:
                 for future in concurrent.futures.as_completed(futures):
