@@ -61,13 +61,16 @@ def test_registry_method_resolves_on_every_benchmark_it_lists(name):
             # The file is one the data step promises to unpack for that weights id.
             assert encoder.weights.file in datasets[encoder.weights.id]["index"]["weights"]["files"]
         elif encoder.weights:
-            # A file the workflow produces: the export of a model it trains (models.yaml).
-            model = re.fullmatch(r"results/models/(.+)\.pth", encoder.weights.path)
+            # A file the workflow produces: the export (or the initialisation) of a model it trains.
+            model = re.fullmatch(r"results/models/(?:init/)?([^/]+)\.pth", encoder.weights.path)
             assert model and model[1] in load_registry("models"), encoder.weights.path
     # A method covers every benchmark of real data, or (the demo's) every one of a built set;
-    # Spa-then-Temp's protocol has no objects that appear later, which YouTube-VOS needs.
-    built = {name for name in benchmark_names() if datasets[load_registry("benchmarks")[name]["dataset"]].get("built_by")}
-    family = built if set(method.benchmarks) <= built else set(benchmark_names()) - built
+    # Spa-then-Temp's protocol has no objects that appear later, which YouTube-VOS needs. Validation
+    # splits take their evaluation split's settings (`settings_from`): no method lists them.
+    benchmarks = load_registry("benchmarks")
+    evaluated = {name for name in benchmark_names() if benchmarks[name].get("role", "evaluation") == "evaluation"}
+    built = {name for name in evaluated if datasets[benchmarks[name]["dataset"]].get("built_by")}
+    family = built if set(method.benchmarks) <= built else evaluated - built
     expected = family - ({"ytvos18", "ytvos19"} if method.protocol == "stt" else set())
     assert set(method.benchmarks) == expected
     entry = load_registry("methods")[name]

@@ -256,6 +256,7 @@ def propagate_benchmark(
     weights_root: str | Path = Path("resources/data"),
     overrides: Sequence[str] = (),
     force: bool = False,
+    progress=None,
 ) -> PropagationSummary:
     """Propagate the first-frame labels of every (selected) sequence of `benchmark` found under
     `data_root` with `method` (a Method, a methods.yaml name or a method YAML file) into `out`.
@@ -264,6 +265,8 @@ def propagate_benchmark(
     `KEY=VALUE` protocol parameters or `size` for this benchmark; checkpoints are resolved
     against `weights_root`. Complete sequences of an earlier identical run are skipped; an earlier
     run made otherwise is refused, or with `force` deleted and redone (with every selected sequence).
+    `progress`: a tqdm bar to advance by every frame of the run instead of printing a line and a
+    bar per sequence (training's validation shows one line).
     """
     from tqdm import tqdm
 
@@ -277,7 +280,7 @@ def propagate_benchmark(
     data_root, out, weights_root = Path(data_root), Path(out), Path(weights_root)
     require_folder(data_root, "--data-root")
     check_writable(out, "--out", folder=True)
-    settings = method.settings_for(benchmark, list(overrides))
+    settings = method.settings_for(entry.settings_name, list(overrides))
     method.check_weights(weights_root)
 
     plans, all_sequences = plan_run(entry, data_root, sequences)
@@ -307,21 +310,28 @@ def propagate_benchmark(
     delete_recorded(out, entry.task, differing)
     out.mkdir(parents=True, exist_ok=True)
     write_json(record_path(out, shard), record)
-    print(
+    say = print if progress is None else (lambda *_args: None)
+    say(
         f"vcorr propagate: {benchmark} with {method.name} ({settings.protocol} "
         f"{json.dumps(settings.params)}, size {settings.size}); {len(selected)} sequence(s) selected, "
         f"{len(skipped)} already complete{f', {len(differing)} earlier run(s) made otherwise deleted (--force)' if differing else ''}"
     )
+    if progress is not None:
+        progress.reset(total=sum(len(plans[name].frames) for name in todo))
     start, frames = time.perf_counter(), 0
     for number, name in enumerate(todo, start=1):
         plan = plans[name]
         remove_partial_outputs(out, entry.task, name)
-        with tqdm(total=len(plan.frames), desc=f"[{number}/{len(todo)}] {name}", unit="frame", leave=True) as progress:
+        if progress is not None:
+            progress.set_postfix_str(name, refresh=False)
             propagate_sequence(plan, entry, extractor, settings, out, progress)
+        else:
+            with tqdm(total=len(plan.frames), desc=f"[{number}/{len(todo)}] {name}", unit="frame", leave=True) as bar:
+                propagate_sequence(plan, entry, extractor, settings, out, bar)
         frames += len(plan.frames)
     seconds = time.perf_counter() - start
     rate = f", {frames / seconds:.1f} frames/s" if todo and seconds > 0 else ""
-    print(f"vcorr propagate: done: {len(todo)} sequence(s) propagated ({frames} frames in {seconds:.1f} s{rate}), "
+    say(f"vcorr propagate: done: {len(todo)} sequence(s) propagated ({frames} frames in {seconds:.1f} s{rate}), "
           f"{len(skipped)} already complete -> {out}")
     return PropagationSummary(selected, skipped, todo)
 
