@@ -93,6 +93,8 @@ def train_command(method: str, seed: int, steps: int, eval_every: int | None, ou
     if eval_every:
         values.update(eval_every=eval_every, eval_benchmark=VALIDATION, eval_method=f"demo_{method}",
                       eval_data_root="resources/data/demo/DAVIS")
+    else:
+        values["eval_every"] = 0
     values.update(extra)
     dataset = model["data"]["dataset"]
     return vcorr("train", "--method", model["method"], "--config", str(REPO_ROOT / model["config"]),
