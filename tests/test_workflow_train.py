@@ -161,28 +161,32 @@ def test_the_launcher_follows_the_jobs_gpu_and_node_resources(fresh_directory, t
     assert not re.search(r"\bgpu=", train["resources"])  # a total --gpus would spread over the nodes
 
 
-def test_a_model_naming_an_unknown_stage_fails_the_dry_run(fresh_directory, tmp_path):
+def dry_run_with_models(edit, target: str, cwd: Path, tmp_path: Path):
+    """`snakemake -n target` with a copy of the registries whose models.yaml `edit` changed."""
     folder = tmp_path / "registries"
     shutil.copytree(REPO / "config", folder)
     models = registry("models", folder)
-    models["stt"]["weights"]["teacher_weights"] = {"model": "moco_v3"}
+    edit(models)
     (folder / "models.yaml").write_text(yaml.safe_dump(models))
     overlay = tmp_path / "overlay.yaml"
     overlay.write_text(yaml.safe_dump({"registries": str(folder)}))
-    done = snakemake("-n", "results/davis17/stt.json", "--configfile", CONFIG, str(overlay), cwd=fresh_directory)
+    return snakemake("-n", target, "--configfile", CONFIG, str(overlay), cwd=cwd)
+
+
+def test_a_model_naming_an_unknown_stage_fails_the_dry_run(fresh_directory, tmp_path):
+    def edit(models):
+        models["stt"]["weights"]["teacher_weights"] = {"model": "moco_v3"}
+
+    done = dry_run_with_models(edit, "results/davis17/stt.json", fresh_directory, tmp_path)
     assert done.returncode != 0
     assert "models.yaml: stt.weights.teacher_weights.model: 'moco_v3'" in done.stdout
 
 
 def test_validating_on_an_evaluation_benchmark_fails_the_dry_run(fresh_directory, tmp_path):
-    folder = tmp_path / "registries"
-    shutil.copytree(REPO / "config", folder)
-    models = registry("models", folder)
-    models["hvc"]["set"] = {**models["hvc"]["set"], "eval_benchmark": "davis17"}
-    (folder / "models.yaml").write_text(yaml.safe_dump(models))
-    overlay = tmp_path / "overlay.yaml"
-    overlay.write_text(yaml.safe_dump({"registries": str(folder)}))
-    done = snakemake("-n", "results/models/hvc.pth", "--configfile", CONFIG, str(overlay), cwd=fresh_directory)
+    def edit(models):
+        models["hvc"]["set"] = {**models["hvc"]["set"], "eval_benchmark": "davis17"}
+
+    done = dry_run_with_models(edit, "results/models/hvc.pth", fresh_directory, tmp_path)
     assert done.returncode != 0
     assert "models.yaml: hvc: eval_benchmark 'davis17' is not a benchmark of role validation" in done.stdout
 

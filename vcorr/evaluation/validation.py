@@ -14,7 +14,8 @@ exactly what that export would give in `vcorr propagate`, and never touches the 
 - The method (a methods.yaml name or a method YAML file) is the one that evaluates the trained
   model: its encoder whose weights are a file (`path`, e.g. `results/models/<model>.pth`) reads
   the export instead; registry weights (HVC's fused MoCo v1) stay as they are.
-- Work per call: the selected `sequences` (all of the list when None) propagated into
+- Work per call: the selected `sequences` (all of the list when None; at most `MAX_SEQUENCES`, so a
+  validation costs minutes at most and never a benchmark's worth) propagated into
   `<folder>/predictions` (replaced each time) and scored into `<folder>/scores.json`, shown as one
   progress line. Returns the scorer's headline measures (`vcorr.evaluation.scoring.HEADLINES`);
   `metric`, the first of them, ranks checkpoints.
@@ -31,6 +32,7 @@ from typing import Any
 
 from vcorr.errors import VcorrError
 
+MAX_SEQUENCES = 8
 
 class Validator:
     """`validator(export, step, device)` -> the headline scores of the model exported to `export`."""
@@ -62,6 +64,9 @@ class Validator:
         unknown = sorted(set(sequences or ()) - set(listed))
         if unknown:
             raise VcorrError(f"eval_sequences: not in {entry.name}'s list under {self.data_root}: {', '.join(unknown)}")
+        if len(sequences or listed) > MAX_SEQUENCES:
+            raise VcorrError(f"eval_sequences: {len(sequences or listed)} sequences of {entry.name} to score at every "
+                             f"validation; name at most {MAX_SEQUENCES} (e.g. eval_sequences=[{', '.join(listed[:3])}])")
         self.entry = entry
         self.sequences = list(sequences) if sequences else None
         self.weights_root = Path(weights_root)
