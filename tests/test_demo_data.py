@@ -74,6 +74,10 @@ def test_davis_part_reads_as_davis_2017_with_every_frame_annotated(demo):
     for (_name, rows), objects in zip(table.groupby("sequence", sort=False), DEFAULT.davis_objects):
         first = read_index_png(rows.annotation.iloc[0])
         assert set(np.unique(first)) == set(range(objects + 1))  # every object shows in frame 0
+    # The train split (validation while training, benchmark demo_davis_train): scenes of its own.
+    train = benchmark_frames("demo_davis_train", demo / "DAVIS")
+    assert train.sequence.nunique() == len(DEFAULT.davis_train_objects) and (train.annotation != "").all()
+    assert set(train.sequence).isdisjoint(table.sequence) and set(train.image).isdisjoint(table.image)
 
 
 def test_vip_part_reads_with_part_maps_for_every_frame(demo):
@@ -164,12 +168,21 @@ def test_davis_masks_and_vip_part_maps_are_the_recorded_objects_warped(demo, man
             # Pixel centres exactly on an outline may fall either way in another float evaluation order.
             assert np.count_nonzero(written != expected) <= 3, f"{key} frame {t}"
             checked += 1
-    assert checked == (len(DEFAULT.davis_objects) + DEFAULT.vip_videos) * DEFAULT.frames
+    assert checked == (len(DEFAULT.davis_objects) + len(DEFAULT.davis_train_objects) + DEFAULT.vip_videos) * DEFAULT.frames
 
 
-def test_object_pixels_move_with_the_recorded_affine(demo, manifest):
-    """Frame 0 pulled along each frontmost object's motion matches frame t inside its mask, far
-    better than frame 0 left in place (the texture, the mask and the affine agree)."""
+def film(frame: np.ndarray, camera: dict, t: int) -> np.ndarray:
+    """What the recorded camera makes of a composited frame at t: its gains, then its blur."""
+    import cv2
+
+    image = frame * np.asarray(camera["gains"][t])
+    return cv2.GaussianBlur(image, (0, 0), camera["blur"][t]) if camera["blur"][t] > 0 else image
+
+
+def test_object_pixels_move_with_the_recorded_affine_and_camera(demo, manifest):
+    """Frame 0 pulled along each frontmost object's motion, filmed with frame t's recorded gains
+    and blur, matches frame t inside its mask, far better than frame 0 left in place (the texture,
+    the mask, the affine and the camera agree); frame 0 is the composite as it is."""
     import cv2
 
     for key, record in manifest["contents"].items():
@@ -178,23 +191,28 @@ def test_object_pixels_move_with_the_recorded_affine(demo, manifest):
         name = key.split("/", 1)[1]
         front = len(record["objects"])
         affines = [np.vstack([a, [0, 0, 1]]) for a in record["objects"][-1]["affines"]]
+        camera = record["camera"]
+        assert camera["gains"][0] == [1.0, 1.0, 1.0] and camera["blur"][0] == camera["blur"][-1] == 0
         first = np.asarray(Image.open(demo / f"DAVIS/JPEGImages/480p/{name}/00000.jpg"), np.float64)
         height, width = record["size"]
+        away = np.ones((9, 9), np.uint8)  # away from the edges, beyond the blur's reach
         for t in (3, DEFAULT.frames - 1):
             frame = np.asarray(Image.open(demo / f"DAVIS/JPEGImages/480p/{name}/{t:05d}.jpg"), np.float64)
             mask = read_index_png(demo / f"DAVIS/Annotations/480p/{name}/{t:05d}.png") == front
-            mask = cv2.erode(mask.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)  # away from edges
+            mask = cv2.erode(mask.astype(np.uint8), away).astype(bool)
             back = (affines[0] @ np.linalg.inv(affines[t]))[:2]  # frame t pixel -> same object point in frame 0
-            pulled = cv2.warpAffine(first, back, (width, height), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
+            pulled = film(cv2.warpAffine(first, back, (width, height), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP),
+                          camera, t)
             first_mask = read_index_png(demo / f"DAVIS/Annotations/480p/{name}/00000.png") == front
             was_object = cv2.warpAffine(first_mask.astype(np.uint8), back, (width, height),
                                         flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP).astype(bool)
-            was_object = cv2.erode(was_object.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+            was_object = cv2.erode(was_object.astype(np.uint8), away).astype(bool)
             region = mask & was_object  # the same object points, inside the object in both frames
-            assert region.sum() > 200
+            assert region.sum() > 100
             tracked = np.abs(frame - pulled)[region].mean()
             static = np.abs(frame - first)[region].mean()
-            assert tracked < 8 and tracked < static / 2, f"{key} frame {t}: {tracked:.1f} vs {static:.1f}"
+            # Up to 10 levels: both frames' JPEG error, frame 0's scaled by the gains.
+            assert tracked < 10 and tracked < static / 4, f"{key} frame {t}: {tracked:.1f} vs {static:.1f}"
 
 
 def test_joints_are_object_points_moved_with_it(demo, manifest):
@@ -212,11 +230,13 @@ def test_joints_are_object_points_moved_with_it(demo, manifest):
             x, y = np.rint(joints[:, :, t]).astype(int)
             inside = outline_contains(carrier["shape"], *object_coordinates(affine, x.astype(float), y.astype(float)))
             assert inside.all(), f"{clip} frame {t}"
-        # The colour under each joint travels with it (lossless PNG frames, a sub-pixel resample).
+        # The colour under each joint travels with it (lossless PNG frames, a sub-pixel resample),
+        # in the last frame's light (its recorded gains; it is not blurred).
         x0, y0 = np.rint(joints[:, :, 0]).astype(int)
         x1, y1 = np.rint(joints[:, :, -1]).astype(int)
-        tracked = np.abs(frames[-1][y1, x1] - frames[0][y0, x0]).mean()
-        static = np.abs(frames[-1][y0, x0] - frames[0][y0, x0]).mean()
+        last = frames[-1] / np.asarray(record["camera"]["gains"][-1])
+        tracked = np.abs(last[y1, x1] - frames[0][y0, x0]).mean()
+        static = np.abs(last[y0, x0] - frames[0][y0, x0]).mean()
         assert tracked < static / 2
 
 

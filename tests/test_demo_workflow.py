@@ -2,9 +2,10 @@
 of the checkout: every result, the summary with a trained model and both baselines, nothing to do
 on a rerun, targeted reruns after a change, and the report page in headless chromium.
 
-The run covers three of the five demo methods (both baselines and the Spa-then-Temp chain, stage
-one included), each under every protocol (the cross-protocol table), so that it stays a few
-minutes of the suite; the full demo is the README's command.
+The run covers three of the seven demo methods (raw pixels and the Spa-then-Temp chain, stage one
+included, with stage two's initialisation), each under every protocol (the cross-protocol table),
+on a reduced training budget (`REDUCED` steps), so that it stays a few minutes of the suite; the
+full demo is the README's command.
 """
 
 from __future__ import annotations
@@ -26,14 +27,18 @@ from tests.test_report_figures import chromium_binary, headless
 REPOSITORY = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = "config/demo/config.yaml"
 BENCHMARKS = ("demo_davis", "demo_jhmdb", "demo_vip")
-BASELINES = ("demo_random", "demo_pixels")
+TRAINED = ("demo_moco", "demo_hvc", "demo_stt")
+BASELINES = ("demo_pixels", *(f"{name}_init" for name in TRAINED))
 PROTOCOLS = ("crw", "stt", "dino")
 # Cells of a task the protocol does not define (vcorr.propagation.parameters.PROTOCOL_TASKS).
 UNDEFINED = {("demo_jhmdb", "dino")}
-# The slow test's subset: both baselines and stage one -> stage two, each under every protocol.
-RUN_METHODS = ("demo_pixels", "demo_random", "demo_stt")
+# The slow test's subset: raw pixels and stage one -> stage two with its initialisation, each under
+# every protocol, stage one and two trained a few steps each (validated at step 0 and at the end).
+RUN_METHODS = ("demo_pixels", "demo_stt_init", "demo_stt")
+REDUCED = 3
 RUN_CONFIG = f"""
 evaluate: {{methods: [{', '.join(RUN_METHODS)}]}}
+training: {{set: {{workers: 0, log_every: 1, max_steps: {REDUCED}}}}}
 report: {{overlays: [{{benchmark: demo_davis, method: demo_stt, sequence: coffee-2}}]}}
 """
 
@@ -89,12 +94,15 @@ def planned(output: str) -> dict[str, list[str]]:
 def test_demo_dry_run_plans_every_stage(tmp_path):
     checkout = fresh_checkout(tmp_path / "clone")
     jobs = planned(snakemake(checkout, "-n"))
-    methods = demo_methods()
-    assert set(BASELINES) < set(methods) and len(methods) == 5
+    methods = [*BASELINES, *TRAINED]
+    # Every demo method of the registry but protocols.yaml's crw reference (demo_random) is evaluated.
+    assert set(demo_methods()) - {"demo_random"} == set(methods)
+    assert sorted(yaml.safe_load((REPOSITORY / DEMO_CONFIG).read_text())["evaluate"]["methods"]) == sorted(methods)
     assert sorted(jobs["extract"]) == [f"resources/data/{name}" for name in ("demo", "demo_clips", "demo_images")]
-    assert sorted(jobs["train"]) == [f"results/models/{name}.pth" for name in ("demo_hvc", "demo_moco", "demo_stt")]
+    # One job per trained model writes its export and its initialisation.
+    assert sorted(jobs["train"]) == [f"results/models/{name}.pth, results/models/init/{name}.pth" for name in sorted(TRAINED)]
     pairs = {f"results/{benchmark}/{method}.json" for benchmark in BENCHMARKS for method in evaluated_names(methods, benchmark)}
-    assert set(jobs["result"]) == pairs and len(pairs) == 3 * 5 * 3 - 5
+    assert set(pairs) == set(jobs["result"]) and len(pairs) == 3 * 7 * 3 - 7  # @dino: no demo_jhmdb
     assert len(jobs["propagate"]) == len(jobs["score"]) == len(pairs)
     for rule in ("summary", "cross_protocol", "score_chart", "loss_curves", "report_page"):
         assert len(jobs[rule]) == 1, rule
@@ -134,6 +142,13 @@ def test_demo_end_to_end_reruns_and_report(tmp_path):
         if cell["settings"] == "own":  # the method's own protocol: its summary row
             assert cell[headlines[cell["benchmark"]]] == own[cell["benchmark"], cell["method"]][headlines[cell["benchmark"]]]
 
+    # Validated while training (models.yaml demo_*: eval_every), at step 0 (untrained) and the last step.
+    for model in ("demo_moco", "demo_stt"):
+        (metrics,) = (checkout / "results" / "train" / model).glob("*/metrics.csv")
+        with open(metrics, newline="") as handle:
+            validated = [int(row["step"]) for row in csv.DictReader(handle) if row.get("val/J&F-Mean")]
+        assert validated[0] == 0 and validated[-1] == REDUCED, (model, validated)
+
     assert "Nothing to be done" in snakemake(checkout, "-n", configs=subset)
 
     # One propagation parameter of one benchmark: that benchmark's propagation and scoring only.
@@ -151,10 +166,11 @@ def test_demo_end_to_end_reruns_and_report(tmp_path):
     models.write_text(models.read_text().replace("queue_size: 64, image_size: 64, dim: 32", "queue_size: 64, image_size: 64, dim: 16"))
     listing = snakemake(checkout, "-n", configs=subset)
     jobs = planned(listing)
-    assert sorted(jobs["train"]) == ["results/models/demo_moco.pth", "results/models/demo_stt.pth"]
-    retrained = {"demo_stt", "demo_stt@crw", "demo_stt@dino"}
+    assert sorted(jobs["train"]) == [f"results/models/{name}.pth, results/models/init/{name}.pth" for name in ("demo_moco", "demo_stt")]
+    # Stage two starts from stage one: the model and its initialisation, under every protocol.
+    retrained = {f"{name}{suffix}" for name in ("demo_stt", "demo_stt_init") for suffix in ("", "@crw", "@dino")}
     assert {Path(path).parent.name for path in jobs["propagate"]} == retrained
-    assert len(jobs["propagate"]) == 3 + 3 + 2  # @dino: no demo_jhmdb
+    assert len(jobs["propagate"]) == 2 * (3 + 3 + 2)  # @dino: no demo_jhmdb
     (tmp_path / "stage-one-change.txt").write_text(listing)
 
     # The report page in a real browser: the table, the charts and the overlays are there.

@@ -68,14 +68,16 @@ def test_registry_method_resolves_on_every_benchmark_it_lists(name):
             # The file is one the data step promises to unpack for that weights id.
             assert encoder.weights.file in datasets[encoder.weights.id]["index"]["weights"]["files"]
         elif encoder.weights:
-            # A file the workflow produces: the export of a model it trains (models.yaml).
-            model = re.fullmatch(r"results/models/(.+)\.pth", encoder.weights.path)
+            # A file the workflow produces: the export (or the initialisation) of a model it trains.
+            model = re.fullmatch(r"results/models/(?:init/)?([^/]+)\.pth", encoder.weights.path)
             assert model and model[1] in load_registry("models"), encoder.weights.path
     # A method covers every benchmark of real data, or (the demo's) every one of a built set,
     # of every task its protocol defines; only crw has objects that appear later (YouTube-VOS).
+    # Validation splits take their evaluation split's settings (`settings_from`): no method lists them.
     benchmarks = load_registry("benchmarks")
-    built = {name for name in benchmark_names() if datasets[benchmarks[name]["dataset"]].get("built_by")}
-    family = built if set(method.benchmarks) <= built else set(benchmark_names()) - built
+    evaluated = {name for name in benchmark_names() if benchmarks[name].get("role", "evaluation") == "evaluation"}
+    built = {name for name in evaluated if datasets[benchmarks[name]["dataset"]].get("built_by")}
+    family = built if set(method.benchmarks) <= built else evaluated - built
     expected = {name for name in family if benchmarks[name]["task"] in PROTOCOL_TASKS[method.protocol]}
     expected -= {"ytvos18", "ytvos19"} if method.protocol != "crw" else set()
     assert set(method.benchmarks) == expected

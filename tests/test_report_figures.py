@@ -180,6 +180,25 @@ def test_loss_curves_panel_per_stage_and_term(tmp_path):
     assert wide[1] > narrow[1]  # stage 2 logs one term more than stage 1: a row more
 
 
+def test_loss_curves_draw_the_validation_score_against_the_step(tmp_path):
+    """Validation rows (`val/<measure>` every few steps, the loss columns empty) become a marked
+    green curve; a stage without them has none."""
+    plain = metrics_csv(tmp_path / "plain.csv", ["loss"])
+    rows = list(csv.DictReader(open(plain, newline="")))
+    rows += [{"epoch": 0, "step": step, "val/J&F-Mean": 0.5 + step / 1000} for step in (0, 100, 200, 300)]
+    validated = write_csv(tmp_path / "validated.csv", ["epoch", "step", "lr", "loss", "val/J&F-Mean"], rows)
+    green = np.array((44, 160, 44))  # matplotlib's tab:green
+
+    def green_pixels(path: Path) -> int:
+        image = np.asarray(assert_png(path).convert("RGB")).astype(int)
+        return int((np.abs(image - green).sum(axis=-1) < 30).sum())
+
+    terms = loss_curves({"HVC": validated}, tmp_path / "validated.png")
+    assert "val/J&F-Mean" in terms["HVC"]
+    loss_curves({"HVC": plain}, tmp_path / "plain.png")
+    assert green_pixels(tmp_path / "validated.png") > 200 and green_pixels(tmp_path / "plain.png") == 0
+
+
 def test_loss_curves_refuse_missing_or_termless_metrics(tmp_path):
     with pytest.raises(VcorrError, match=r"absent\.csv: missing \(metrics.csv of training stage 'a'\)"):
         loss_curves({"a": tmp_path / "absent.csv"}, tmp_path / "out.png")

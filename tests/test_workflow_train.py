@@ -89,9 +89,16 @@ def test_hvc_result_plans_coco_to_training_to_the_published_fusion_and_score(fre
     assert_chain(jobs, "fetch_coco", "extract:coco", "index:coco", "train:hvc", "propagate", "score", "result")
     assert_chain(jobs, "fetch_moco_v1_200ep", "weights_moco_v1_200ep", "propagate")
     (train,) = [job for job in jobs if job["rule"] == "train"]
-    # The declared output is the export only; the work dir (checkpoints) is not an output.
-    assert train["output"] == ["results/models/hvc.pth"]
-    assert re.search(r"--workdir results/train/hvc/[0-9a-f]{12} --out results/models/hvc.pth", train["command"])
+    # The declared outputs are the export and the initialisation; the work dir (checkpoints) is not one.
+    assert train["output"] == ["results/models/hvc.pth", "results/models/init/hvc.pth"]
+    assert re.search(r"--workdir results/train/hvc/[0-9a-f]{12} --out results/models/hvc.pth "
+                     r"--init-out results/models/init/hvc.pth", train["command"])
+    # Validation while training (models.yaml set): on DAVIS-2017 train, with the method that evaluates
+    # the model (found from its export), whose downloaded MoCo v1 partner is an input too.
+    assert_chain(jobs, "fetch_davis17", "extract:davis17", "train:hvc")
+    assert_chain(jobs, "weights_moco_v1_200ep", "train:hvc")
+    for argument in ('eval_benchmark="davis17_train"', 'eval_method="hvc"', 'eval_data_root="resources/data/davis17/DAVIS"'):
+        assert f"--set '{argument}'" in train["command"]
     assert f"--method hvc --config {REPO}/config/train/hvc.yaml --data resources/index/coco.csv" in train["command"]
     # config resources.train: 4 GPUs -> one torchrun, four processes; never a Slurm task per GPU.
     assert train["command"].startswith("python3 -m torch.distributed.run --standalone --nproc-per-node=4 --no-python vcorr train")
@@ -154,17 +161,34 @@ def test_the_launcher_follows_the_jobs_gpu_and_node_resources(fresh_directory, t
     assert not re.search(r"\bgpu=", train["resources"])  # a total --gpus would spread over the nodes
 
 
-def test_a_model_naming_an_unknown_stage_fails_the_dry_run(fresh_directory, tmp_path):
+def dry_run_with_models(edit, target: str, cwd: Path, tmp_path: Path):
+    """`snakemake -n target` with a copy of the registries whose models.yaml `edit` changed."""
     folder = tmp_path / "registries"
     shutil.copytree(REPO / "config", folder)
     models = registry("models", folder)
-    models["stt"]["weights"]["teacher_weights"] = {"model": "moco_v3"}
+    edit(models)
     (folder / "models.yaml").write_text(yaml.safe_dump(models))
     overlay = tmp_path / "overlay.yaml"
     overlay.write_text(yaml.safe_dump({"registries": str(folder)}))
-    done = snakemake("-n", "results/davis17/stt.json", "--configfile", CONFIG, str(overlay), cwd=fresh_directory)
+    return snakemake("-n", target, "--configfile", CONFIG, str(overlay), cwd=cwd)
+
+
+def test_a_model_naming_an_unknown_stage_fails_the_dry_run(fresh_directory, tmp_path):
+    def edit(models):
+        models["stt"]["weights"]["teacher_weights"] = {"model": "moco_v3"}
+
+    done = dry_run_with_models(edit, "results/davis17/stt.json", fresh_directory, tmp_path)
     assert done.returncode != 0
     assert "models.yaml: stt.weights.teacher_weights.model: 'moco_v3'" in done.stdout
+
+
+def test_validating_on_an_evaluation_benchmark_fails_the_dry_run(fresh_directory, tmp_path):
+    def edit(models):
+        models["hvc"]["set"] = {**models["hvc"]["set"], "eval_benchmark": "davis17"}
+
+    done = dry_run_with_models(edit, "results/models/hvc.pth", fresh_directory, tmp_path)
+    assert done.returncode != 0
+    assert "models.yaml: hvc: eval_benchmark 'davis17' is not a benchmark of role validation" in done.stdout
 
 
 # --- the tiny configuration -------------------------------------------------------------------

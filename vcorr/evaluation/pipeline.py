@@ -261,6 +261,7 @@ def propagate_benchmark(
     overrides: Sequence[str] = (),
     force: bool = False,
     margins: dict | None = None,
+    progress=None,
 ) -> PropagationSummary:
     """Propagate the first-frame labels of every (selected) sequence of `benchmark` found under
     `data_root` with `method` (a Method, a methods.yaml name or a method YAML file) into `out`.
@@ -271,6 +272,8 @@ def propagate_benchmark(
     run made otherwise is refused, or with `force` deleted and redone (with every selected sequence).
     `margins`: a dict that receives, per propagated sequence, the `MarginRecorder` of its run
     (vcorr.propagation.margins: every decision's margin, for `vcorr.evaluation.fidelity`).
+    `progress`: a tqdm bar to advance by every frame of the run instead of printing a line and a
+    bar per sequence (training's validation shows one line).
     """
     from tqdm import tqdm
 
@@ -284,7 +287,7 @@ def propagate_benchmark(
     data_root, out, weights_root = Path(data_root), Path(out), Path(weights_root)
     require_folder(data_root, "--data-root")
     check_writable(out, "--out", folder=True)
-    settings = method.settings_for(benchmark, list(overrides))
+    settings = method.settings_for(entry.settings_name, list(overrides))
     method.check_weights(weights_root)
 
     plans, all_sequences = plan_run(entry, data_root, sequences)
@@ -314,26 +317,33 @@ def propagate_benchmark(
     delete_recorded(out, entry.task, differing)
     out.mkdir(parents=True, exist_ok=True)
     write_json(record_path(out, shard), record)
-    print(
+    say = print if progress is None else (lambda *_args: None)
+    say(
         f"vcorr propagate: {benchmark} with {method.name} ({settings.protocol} "
         f"{json.dumps(settings.params)}, size {settings.size}); {len(selected)} sequence(s) selected, "
         f"{len(skipped)} already complete{f', {len(differing)} earlier run(s) made otherwise deleted (--force)' if differing else ''}"
     )
+    if progress is not None:
+        progress.reset(total=sum(len(plans[name].frames) for name in todo))
     start, frames = time.perf_counter(), 0
     for number, name in enumerate(todo, start=1):
         plan = plans[name]
         remove_partial_outputs(out, entry.task, name)
-        with tqdm(total=len(plan.frames), desc=f"[{number}/{len(todo)}] {name}", unit="frame", leave=True) as progress:
-            observer = None
-            if margins is not None:
-                from vcorr.propagation.margins import MarginRecorder
+        observer = None
+        if margins is not None:
+            from vcorr.propagation.margins import MarginRecorder
 
-                observer = margins[name] = MarginRecorder()
+            observer = margins[name] = MarginRecorder()
+        if progress is not None:
+            progress.set_postfix_str(name, refresh=False)
             propagate_sequence(plan, entry, extractor, settings, out, progress, observer)
+        else:
+            with tqdm(total=len(plan.frames), desc=f"[{number}/{len(todo)}] {name}", unit="frame", leave=True) as bar:
+                propagate_sequence(plan, entry, extractor, settings, out, bar, observer)
         frames += len(plan.frames)
     seconds = time.perf_counter() - start
     rate = f", {frames / seconds:.1f} frames/s" if todo and seconds > 0 else ""
-    print(f"vcorr propagate: done: {len(todo)} sequence(s) propagated ({frames} frames in {seconds:.1f} s{rate}), "
+    say(f"vcorr propagate: done: {len(todo)} sequence(s) propagated ({frames} frames in {seconds:.1f} s{rate}), "
           f"{len(skipped)} already complete -> {out}")
     return PropagationSummary(selected, skipped, todo)
 

@@ -8,7 +8,9 @@
   score_vip    mIoU over 20 classes, one confusion matrix over all frames.
 
 Lists and labels are read with vcorr.data.readers, as propagation reads them. Malformed
-submissions are refused with the file named; nothing is written then.
+submissions are refused with the file named; nothing is written then. Every scorer takes
+`sequences` (score only these of its list: training's validation scores a few) and `verbose`
+(False: no table, no progress bar).
 """
 
 from __future__ import annotations
@@ -17,9 +19,18 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from vcorr.errors import VcorrError
+
+# Headline numbers per scorer, in the order the summary shows them; the first is the one score
+# training's validation ranks checkpoints by.
+HEADLINES: dict[str, tuple[str, ...]] = {
+    "davis": ("J&F-Mean", "J-Mean", "F-Mean"),
+    "jhmdb": ("PCK@0.1", "PCK@0.2"),
+    "vip": ("mIoU",),
+}
 
 
 def check_arguments(data_root: Path, predictions: Path, *outputs: tuple[Path | None, bool]) -> None:
@@ -40,6 +51,17 @@ def scoring_code_digest(scorer: str) -> str:
     from vcorr.provenance import code_digest
 
     return code_digest(f"{__name__}:score_{scorer}")
+
+
+def only(names: list[str], wanted: Sequence[str] | None, list_file: Path) -> list[str]:
+    """`names` (a list file's, in its order) restricted to `wanted`; a wanted name the list does
+    not hold is an error naming the list."""
+    if wanted is None:
+        return names
+    unknown = sorted(set(wanted) - set(names))
+    if unknown:
+        raise VcorrError(f"{list_file}: does not list {', '.join(unknown)}")
+    return [name for name in names if name in set(wanted)]
 
 
 def _versions(scorer: str) -> dict[str, str]:
@@ -82,7 +104,8 @@ def _table(rows: list[list], header: list[str]) -> str:
 
 def score_davis(
     data_root: Path, predictions: Path, out: Path | None = None, subset: str = "val", year: int = 2017,
-    jobs: int | None = None, csv_dir: Path | None = None,
+    jobs: int | None = None, csv_dir: Path | None = None, sequences: Sequence[str] | None = None,
+    verbose: bool = True,
 ) -> dict[str, float]:
     """J&F of `predictions` against the DAVIS root; the JSON to `out`, the official CSVs to
     `csv_dir` (default: the predictions folder, as the official tool does). Returns the global measures."""
@@ -96,8 +119,8 @@ def score_davis(
     predictions, csv_dir = Path(predictions), Path(csv_dir or predictions)
     check_arguments(data_root, predictions, (out, False), (csv_dir, True))
     start = time.perf_counter()
-    sequences = davis.evaluate(data_root, predictions, subset, year, jobs)
-    statistics = davis.per_object_statistics(sequences)
+    scored = davis.evaluate(data_root, predictions, subset, year, jobs, progress=verbose, sequences=sequences)
+    statistics = davis.per_object_statistics(scored)
     measures = davis.global_measures(statistics)
     seconds = time.perf_counter() - start
 
@@ -121,11 +144,13 @@ def score_davis(
                     "J": {str(i + 1): row.tolist() for i, row in enumerate(sequence.j)},
                     "F": {str(i + 1): row.tolist() for i, row in enumerate(sequence.f)},
                 }
-                for sequence in sequences
+                for sequence in scored
             },
             "seconds": seconds, "versions": _versions("davis"),
         })  # fmt: skip
 
+    if not verbose:
+        return measures
     print(f"--------------------------- Global results for {subset} ---------------------------")
     print(_table(global_rows, global_header))
     print(f"\n---------- Per sequence results for {subset} ----------")
@@ -154,8 +179,10 @@ def read_predicted_coords(path: Path, n_frames: int, n_joints: int):
     return coords[:, :, :n_frames]
 
 
-def score_jhmdb(data_root: Path, predictions: Path, split: Path, out: Path) -> dict[str, float]:
-    """PCK of `<predictions>/<action>/<clip>.npy` over the clips of the `split` list."""
+def score_jhmdb(data_root: Path, predictions: Path, split: Path, out: Path, sequences: Sequence[str] | None = None,
+                verbose: bool = True) -> dict[str, float]:
+    """PCK of `<predictions>/<action>/<clip>.npy` over the clips of the `split` list (or over
+    `sequences` among them)."""
     from tqdm import tqdm
 
     from vcorr.data.readers import jhmdb_joints_file, jhmdb_split_clips, read_joint_positions
@@ -164,9 +191,9 @@ def score_jhmdb(data_root: Path, predictions: Path, split: Path, out: Path) -> d
 
     check_arguments(data_root, predictions, (out, False))
     start = time.perf_counter()
-    clips = jhmdb_split_clips(split)
+    clips = only(jhmdb_split_clips(split), sequences, split)
     coords, truths = [], []
-    for clip in tqdm(clips, desc="score jhmdb", unit="clip"):
+    for clip in tqdm(clips, desc="score jhmdb", unit="clip", disable=not verbose):
         gt = read_joint_positions(jhmdb_joints_file(data_root, clip))
         coords.append(read_predicted_coords(Path(predictions) / f"{clip}.npy", gt.shape[2], gt.shape[1]))
         truths.append(gt)
@@ -177,23 +204,26 @@ def score_jhmdb(data_root: Path, predictions: Path, split: Path, out: Path) -> d
         "clips": clips,
         "seconds": time.perf_counter() - start, "versions": _versions("jhmdb"),
     })  # fmt: skip
-    for name, value in scores.items():
-        print(f"{name}: {value:.3f}")
+    if verbose:
+        for name, value in scores.items():
+            print(f"{name}: {value:.3f}")
     return scores
 
 
 # --- VIP ----------------------------------------------------------------------------------------
 
 
-def vip_frames(vip_root: Path, results: Path, video_list: Path):
-    """(name, annotation ids, predicted ids) of every annotated frame of the listed videos."""
+def vip_frames(vip_root: Path, results: Path, video_list: Path, sequences: Sequence[str] | None = None,
+               verbose: bool = True):
+    """(name, annotation ids, predicted ids) of every annotated frame of the listed videos (or of
+    `sequences` among them)."""
     from tqdm import tqdm
 
     from vcorr.data.readers import read_names
     from vcorr.io_png import read_ids
 
-    videos = read_names(video_list, "video list")
-    for video in tqdm(videos, desc="score vip", unit="video"):
+    videos = only(read_names(video_list, "video list"), sequences, video_list)
+    for video in tqdm(videos, desc="score vip", unit="video", disable=not verbose):
         annotation_dir = vip_root / "Annotations" / "Category_ids" / video
         annotations = sorted(annotation_dir.glob("*.png"))
         if not annotations:
@@ -205,15 +235,17 @@ def vip_frames(vip_root: Path, results: Path, video_list: Path):
             yield str(result), read_ids(annotation), read_ids(result)
 
 
-def score_vip(data_root: Path, predictions: Path, video_list: Path, out: Path) -> dict[str, float]:
-    """mIoU of `<predictions>/<video>/<frame>.png` over the annotated frames of the listed videos."""
+def score_vip(data_root: Path, predictions: Path, video_list: Path, out: Path, sequences: Sequence[str] | None = None,
+              verbose: bool = True) -> dict[str, float]:
+    """mIoU of `<predictions>/<video>/<frame>.png` over the annotated frames of the listed videos
+    (or of `sequences` among them)."""
     from vcorr.io import write_json
     from vcorr.metrics.vip import miou
 
     check_arguments(data_root, predictions, (out, False))
     start = time.perf_counter()
     data_root, predictions = Path(data_root), Path(predictions)
-    scores = miou(vip_frames(data_root, predictions, video_list))
+    scores = miou(vip_frames(data_root, predictions, video_list, sequences, verbose))
     write_json(out, {
         "benchmark": "vip", "vip_root": str(data_root), "results": str(predictions),
         "list": str(video_list), "unit": "percent",
@@ -222,5 +254,6 @@ def score_vip(data_root: Path, predictions: Path, video_list: Path, out: Path) -
         "frames": scores["frames"], "confusion_matrix": scores["confusion_matrix"],
         "seconds": time.perf_counter() - start, "versions": _versions("vip"),
     })  # fmt: skip
-    print(f"mIoU: {scores['mIoU']:.3f}")
+    if verbose:
+        print(f"mIoU: {scores['mIoU']:.3f}")
     return {"mIoU": scores["mIoU"]}

@@ -369,11 +369,21 @@ def sequence_names(davis_root: Path, subset: str, year: int) -> list[str]:
     return read_names(list_file)
 
 
-def sequence_tasks(davis_root: Path, results_dir: Path, subset: str, year: int) -> list[SequenceTask]:
-    """Check the layout of both folders up front, before any frame is decoded."""
+def sequence_tasks(davis_root: Path, results_dir: Path, subset: str, year: int,
+                   sequences: Sequence[str] | None = None) -> list[SequenceTask]:
+    """Check the layout of both folders up front, before any frame is decoded. `sequences` keeps
+    only these of the subset's list (in list order); a name not in the list is an error."""
     davis_root, results_dir = Path(davis_root), Path(results_dir)
+    names = sequence_names(davis_root, subset, year)
+    if sequences is not None:
+        unknown = sorted(set(sequences) - set(names))
+        if unknown:
+            from vcorr.data.readers import davis_image_set
+
+            raise VcorrError(f"{davis_image_set(davis_root, subset, year)}: does not list {', '.join(unknown)}")
+        names = [name for name in names if name in set(sequences)]
     tasks = []
-    for name in sequence_names(davis_root, subset, year):
+    for name in names:
         annotation_dir = davis_root / "Annotations" / "480p" / name
         annotations = sorted(annotation_dir.glob("*.png"))
         if len(annotations) < 3:
@@ -417,11 +427,13 @@ def evaluate(
     year: int = 2017,
     jobs: int | None = None,
     progress: bool = True,
+    sequences: Sequence[str] | None = None,
 ) -> list[SequenceScores]:
-    """Scores of every sequence of the subset, in list order, over `jobs` processes."""
+    """Scores of every sequence of the subset (or of `sequences` among them), in list order, over
+    `jobs` processes."""
     from tqdm import tqdm
 
-    tasks = sequence_tasks(davis_root, results_dir, subset, year)
+    tasks = sequence_tasks(davis_root, results_dir, subset, year, sequences)
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(tasks)))
     bar = tqdm(total=len(tasks), desc="score davis", unit="seq", disable=not progress)
     scores: dict[str, SequenceScores] = {}

@@ -4,7 +4,8 @@
   a group per benchmark, a colour per method and a hatch per propagation protocol when the table
   has a `protocol` column (`results/summary.csv` or the cross-protocol table).
 - `loss_curves`: one column of panels per training stage from its `metrics.csv`: the loss terms
-  against the step, then one panel per other logged term (lr, accuracies, images/s).
+  against the step, the validation scores (`val/<measure>`, when the stage validated) against the
+  step, then one panel per other logged term (lr, accuracies, images/s).
 - `overlay_strip`: ground truth beside prediction as coloured overlays on a few frames of a
   sequence (DAVIS palette), as a PNG strip or an animated GIF; `sequence_folders` finds a
   sequence's frames and ground truth from its benchmark's layout.
@@ -235,17 +236,27 @@ def _is_loss(term: str) -> bool:
     return "loss" in term.lower()
 
 
+VALIDATION_PREFIX = "val/"  # vcorr.train.loop logs validation scores as val/<measure>
+
+
+def _panel_order(term: str) -> int:
+    """Validation scores first below the loss: the curve that says whether training helps."""
+    return 0 if term.startswith(VALIDATION_PREFIX) else 1
+
+
 def loss_curves(metrics_csvs: Mapping[str, str | os.PathLike], out_png: str | os.PathLike) -> dict[str, list[str]]:
     """Training curves, a column of panels per stage (mapping order); returns the terms per stage.
 
     The top panel holds the loss terms (every column whose name contains "loss") against the
-    step; below it one panel per other term the stage logs (lr on a log scale, accuracies,
-    images/s); a stage with fewer terms leaves the rest of its column empty.
+    step; below it one panel per other term the stage logs, its validation scores first (marked
+    points: one per validation, step 0 being the untrained initialisation), then lr (log scale),
+    accuracies, images/s; a stage with fewer terms leaves the rest of its column empty.
     """
     if not metrics_csvs:
         raise VcorrError("loss_curves: no training stage given (need NAME -> metrics.csv)")
     stages = {name: _read_metrics(name, Path(path)) for name, path in metrics_csvs.items()}
-    others = {name: [term for term in curves if term != "step" and not _is_loss(term)] for name, curves in stages.items()}
+    others = {name: sorted((term for term in curves if term != "step" and not _is_loss(term)), key=_panel_order)
+              for name, curves in stages.items()}
     rows = 1 + max(len(terms) for terms in others.values())
     plt = _pyplot()
     figure, axes = plt.subplots(rows, len(stages), figsize=(5.0 * len(stages), 1.2 + 1.8 * rows),
@@ -267,7 +278,11 @@ def loss_curves(metrics_csvs: Mapping[str, str | os.PathLike], out_png: str | os
             axis = axes[row, column]
             axis.set_ylabel(term)
             finite = np.isfinite(curves[term])
-            axis.plot(steps[finite], curves[term][finite], color="tab:orange", linewidth=1.0)
+            if term.startswith(VALIDATION_PREFIX):
+                axis.plot(steps[finite], curves[term][finite], color="tab:green", marker="o", linewidth=1.2)
+                axis.set_title(f"{name}: validation {term[len(VALIDATION_PREFIX):]} (step 0: untrained)", fontsize=9)
+            else:
+                axis.plot(steps[finite], curves[term][finite], color="tab:orange", linewidth=1.0)
             if term == "lr" and (curves[term][finite] > 0).all():
                 axis.set_yscale("log")
         used = 1 + len(others[name])

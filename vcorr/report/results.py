@@ -19,15 +19,10 @@ from typing import Any
 
 from vcorr import __version__
 from vcorr.errors import VcorrError
+from vcorr.evaluation.scoring import HEADLINES
 from vcorr.io import atomic_file, sha256_file, write_json
 from vcorr.provenance import git_state, package_version
 
-# Headline numbers per scorer, in the order the summary shows them.
-HEADLINES: dict[str, tuple[str, ...]] = {
-    "davis": ("J&F-Mean", "J-Mean", "F-Mean"),
-    "jhmdb": ("PCK@0.1", "PCK@0.2"),
-    "vip": ("mIoU",),
-}
 SUMMARY_FIXED = ("benchmark", "method", "status")
 SUMMARY_TAIL = ("archive", "upload_to", "result", "note")
 

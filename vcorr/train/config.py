@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 from vcorr.errors import VcorrError
 
 AMP_MODES = ("off", "fp16", "bf16")
+SELECTIONS = ("last", "best")
 # What a numeric key's value must satisfy, by the name a config's BOUNDS gives it.
 RANGES: dict[str, Callable[[float], bool]] = {
     "> 0": lambda value: value > 0,
@@ -43,15 +44,33 @@ class TrainConfig:
     max_steps: int | None = None  # stop after this many steps (demos, tests); schedules keep `epochs`
     image_size: int = 256
     sync_bn: bool = False  # convert BatchNorm to SyncBatchNorm under DDP (batch statistics over all ranks); CUDA only: on CPU skipped with a warning
+    # Validation while training (vcorr.evaluation.validation, on rank 0): every `eval_every` steps,
+    # at step 0 and at the last step, the exported model is propagated and scored on
+    # `eval_sequences` (None: all) of `eval_benchmark` (a benchmark of role validation) under
+    # `eval_data_root`, with `eval_method` (the methods.yaml method evaluating this model; registry
+    # weights it also reads under `eval_weights_root`). Scores go to metrics.csv / TensorBoard as
+    # `val/<measure>`; it never changes the weights trained.
+    eval_every: int = 0  # steps; 0 = no validation
+    eval_benchmark: str | None = None
+    eval_method: str | None = None
+    eval_data_root: str | None = None
+    eval_sequences: tuple[str, ...] | None = None
+    eval_weights_root: str = "resources/data"
+    # What --out holds: "last" (the weights at the end, as the papers report) or "best" (the
+    # validated export with the highest score; it is also kept as <workdir>/best.pth either way).
+    select: str = "last"
 
     # Keys that may differ between a checkpoint and the resumed run: they change how a run is
     # carried out or observed, not the sequence of weights it produces.
-    RUNTIME_KEYS: ClassVar[frozenset[str]] = frozenset({"workers", "checkpoint_every", "log_every", "max_steps"})
+    RUNTIME_KEYS: ClassVar[frozenset[str]] = frozenset({
+        "workers", "checkpoint_every", "log_every", "max_steps", "eval_every", "eval_benchmark", "eval_method",
+        "eval_data_root", "eval_sequences", "eval_weights_root", "select"})
     # The range (a key of RANGES) of each numeric key; a method's Config adds its own keys', and
     # keys every method has (lr, weight_decay) are checked where a method defines them.
     BOUNDS: ClassVar[dict[str, str]] = {
         "epochs": ">= 1", "batch_size": ">= 1", "workers": ">= 0", "checkpoint_every": ">= 0",
         "log_every": ">= 0", "max_steps": ">= 1", "image_size": ">= 1", "lr": ">= 0", "weight_decay": ">= 0",
+        "eval_every": ">= 0",
     }
 
     def __post_init__(self) -> None:
@@ -67,6 +86,14 @@ class TrainConfig:
             value = getattr(self, key, None)
             if value is not None and not RANGES[rule](value):
                 raise VcorrError(f"{key}: must be {rule}, got {value!r}")
+        if self.select not in SELECTIONS:
+            raise VcorrError(f"select: {self.select!r} is not one of {', '.join(SELECTIONS)}")
+        if self.eval_every:
+            unset = [key for key in ("eval_benchmark", "eval_method", "eval_data_root") if not getattr(self, key)]
+            if unset:
+                raise VcorrError(f"eval_every: {self.eval_every} needs {', '.join(unset)}")
+        elif self.select == "best":
+            raise VcorrError("select: 'best' needs validation (eval_every > 0)")
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

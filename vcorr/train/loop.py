@@ -21,6 +21,15 @@ skips) is not divergence and is left to the scaler.
 Provenance: checkpoints and exports record the training code's digest (`training_code`, one
 entry per code that trained a part of the run: a resume by other code appends, with a warning).
 
+Validation (`validate`, built above this layer: `vcorr.evaluation.validation.Validator`): on rank
+0, at step 0, every `eval_every` steps and at the last step, the model is exported in its
+method's format to `<workdir>/validation/model.pth` and `validate(export, step, device)` scores
+it; the scores are logged beside the loss (`val/<measure>`) and the best one's export is kept as
+`<workdir>/best.pth`. It never runs the training model (it reads the export) and runs on forked
+RNGs, so the weights trained are bit-identical with and without it. The history and the best
+score travel in the checkpoint. `select: best` exports the best validated weights to `--out`
+instead of the last; the export's provenance says which (`selection`, `validation`).
+
 Datasets are built once per epoch: `build_dataset(cfg, index, epoch_seed=epoch)`, where a method
 combines the epoch with `cfg.seed` and the item index to seed each item's random choices.
 
@@ -44,7 +53,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -67,6 +76,17 @@ from vcorr.train.data import ResumableSampler, check_images
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+VALIDATION_DIR = "validation"
+BEST_EXPORT = "best.pth"
+
+
+class Validate(Protocol):
+    """Scores an exported model (vcorr.evaluation.validation.Validator is one)."""
+
+    metric: str  # the key of the returned scores that ranks checkpoints (higher is better)
+    identity: dict[str, Any]  # what the scores measure: a history under another identity restarts
+
+    def __call__(self, export: Path, step: int, device: str) -> dict[str, float]: ...
 
 
 class TrainingDiverged(VcorrError):
@@ -93,6 +113,18 @@ class Position:
 
 
 @dataclass
+class Validation:
+    """The scores so far: `history` `[{step, scores}]` and the `best` `{step, score}` (of `metric`)."""
+
+    identity: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] | None = None
+
+    def state(self) -> dict[str, Any]:
+        return {"identity": self.identity, "history": self.history, "best": self.best}
+
+
+@dataclass
 class Run:
     """A prepared run: what `train_one_epoch` needs, set up for this rank."""
 
@@ -115,6 +147,8 @@ class Run:
     git: dict[str, Any] = field(default_factory=dict)
     training_code: list[str] = field(default_factory=list)  # digests of the code that trained it, oldest first
     saved_step: int | None = None  # global step of the work dir's checkpoint, None before the first
+    validate: Validate | None = None
+    validation: Validation | None = None
 
     @property
     def unwrapped(self) -> nn.Module:
@@ -231,9 +265,11 @@ def _resume_state(path: Path, method: str, config: TrainConfig, restart: bool) -
 
 
 def prepare(method: str, config: TrainConfig, index_path: str | Path, workdir: str | Path, *,
-            device: str = "auto", restart: bool = False) -> tuple[Run, dict[str, Any] | None]:
+            device: str = "auto", restart: bool = False, validate: Validate | None = None,
+            init_out: str | Path | None = None) -> tuple[Run, dict[str, Any] | None]:
     """Set a run up on this rank (joining the torchrun process group if there is one); return it
-    with the checkpoint it resumes from (None for a fresh start)."""
+    with the checkpoint it resumes from (None for a fresh start). `init_out`: the model as built,
+    before any step (or the checkpoint loaded), exported there (rank 0)."""
     module = method_module(method)
     if not isinstance(config, module.Config):
         raise VcorrError(f"config of type {type(config).__name__} is not method '{method}''s Config")
@@ -277,6 +313,10 @@ def prepare(method: str, config: TrainConfig, index_path: str | Path, workdir: s
             # torch's SyncBatchNorm runs on CUDA only; each rank keeps its own batch statistics.
             print(f"warning: sync_bn: SyncBatchNorm needs CUDA; on {torch_device} each of the {world} processes "
                   "normalises with its own batch statistics", file=sys.stderr)
+    code = training_code_digest(method)
+    if init_out is not None and distributed.is_main():
+        meta = {**base_meta(method, config, index_path), "steps": 0, "training_code": [code], "selection": "init"}
+        write_export(module, model, config, meta, Path(init_out))
     model.to(torch_device)
     optimizer, scheduler = module.build_optimizer(config, model, steps_per_epoch)
     scaler = torch.amp.GradScaler(torch_device.type, enabled=amp_dtype == torch.float16)
@@ -298,7 +338,6 @@ def prepare(method: str, config: TrainConfig, index_path: str | Path, workdir: s
         ids = [torch_device.index] if torch_device.type == "cuda" else None
         model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
-    code = training_code_digest(method)
     history = list(state.get("training_code") or []) if state is not None else []
     if history and history[-1] != code and distributed.is_main():
         print(f"warning: {checkpoint_path(workdir)} was trained by other training code ({history[-1][:12]}...); "
@@ -306,8 +345,24 @@ def prepare(method: str, config: TrainConfig, index_path: str | Path, workdir: s
     run = Run(method, module, config, torch_device, amp_dtype, index, str(index_path), model, optimizer, scheduler,
               scaler, sampler, steps_per_epoch, last_step, position, workdir, git_state(),
               training_code=history if history[-1:] == [code] else [*history, code],
-              saved_step=state["global_step"] if state is not None else None)
+              saved_step=state["global_step"] if state is not None else None,
+              validate=validate, validation=_resume_validation(validate, state, workdir))
     return run, state
+
+
+def _resume_validation(validate: Validate | None, state: dict[str, Any] | None, workdir: Path) -> Validation | None:
+    """The checkpoint's validation history when it measured what `validate` measures."""
+    if validate is None:
+        return None
+    saved = (state or {}).get("validation")
+    if saved and saved["identity"] != validate.identity:
+        if distributed.is_main():
+            print(f"warning: {checkpoint_path(workdir)} was validated on {saved['identity']}, this run validates on "
+                  f"{validate.identity}: the validation history and best score restart", file=sys.stderr)
+        saved = None
+    if not saved:
+        return Validation(validate.identity)
+    return Validation(saved["identity"], list(saved["history"]), saved["best"])
 
 
 def non_finite_entries(states: dict[str, dict[str, Any]]) -> list[str]:
@@ -372,6 +427,7 @@ def save(run: Run) -> None:
         "git_commit": run.git.get("commit"),
         "git_dirty": run.git.get("dirty"),
         "training_code": run.training_code,
+        "validation": run.validation.state() if run.validation is not None else None,
         "vcorr_version": __version__,
         "torch_version": torch.__version__,
     })
@@ -470,6 +526,10 @@ class _StepHooks:
         if self.progress is not None:
             self.progress.update(1)
             self.progress.set_postfix(loss=f"{values['loss']:.4g}", epoch=position.epoch, refresh=False)
+        if validation_due(run):
+            started = time.perf_counter()
+            validate_now(run, self.log)
+            self.window_start += time.perf_counter() - started  # images/s counts training time only
         if (config.checkpoint_every and position.global_step % config.checkpoint_every == 0) or end_of_epoch or last:
             save(run)
         if distributed.any_rank(self.stop.signum is not None, run.device):
@@ -500,28 +560,105 @@ def _write_config(run: Run) -> None:
         temporary.write_text(yaml.safe_dump(config, sort_keys=False))
 
 
-def export(run: Run, out: Path) -> None:
-    """The method's export of the trained model to `out`, atomically."""
-    meta = {"method": run.method, "config": run.config.as_dict(), "steps": run.position.global_step,
-            "epochs": run.config.epochs, "index": run.index_path, "git_commit": run.git.get("commit"),
-            "training_code": run.training_code, "vcorr_version": __version__}
-    exported = run.module.export(run.unwrapped, run.config, meta)
+def base_meta(method: str, config: TrainConfig, index_path: str | Path) -> dict[str, Any]:
+    """The provenance every export of a run records (`vcorr.train.export_provenance` reads it)."""
+    return {"method": method, "config": config.as_dict(), "epochs": config.epochs, "index": str(index_path),
+            "vcorr_version": __version__}
+
+
+def write_export(module: ModuleType, model: nn.Module, config: TrainConfig, meta: dict[str, Any], out: Path) -> None:
+    """The method's export of `model` to `out`, atomically."""
+    exported = module.export(model, config, meta)
     with atomic_file(out) as temporary:
         torch.save(exported, temporary)
 
 
+def export_meta(run: Run, **extra: Any) -> dict[str, Any]:
+    return {**base_meta(run.method, run.config, run.index_path), "steps": run.position.global_step,
+            "git_commit": run.git.get("commit"), "training_code": run.training_code, **extra}
+
+
+def export(run: Run, out: Path) -> None:
+    """`--out` once training completes: the last weights, or with `select: best` the best
+    validated export (`<workdir>/best.pth`)."""
+    if run.config.select == "best":
+        if run.validation is None or run.validation.best is None:
+            raise VcorrError(f"select: best: no validated export in {run.workdir} to select")
+        with atomic_file(out) as temporary:
+            shutil.copyfile(run.workdir / BEST_EXPORT, temporary)
+        return
+    last = run.validation.history[-1] if run.validation and run.validation.history else None
+    validated = {"validation": _validation_record(run, last)} if last and last["step"] == run.position.global_step else {}
+    write_export(run.module, run.unwrapped, run.config, export_meta(run, selection="last", **validated), out)
+
+
+def _validation_record(run: Run, entry: dict[str, Any]) -> dict[str, Any]:
+    """What an export records of its validation: what was measured, at which step, the scores."""
+    return {**run.validation.identity, "step": entry["step"], "scores": entry["scores"]}
+
+
+def validation_due(run: Run) -> bool:
+    """Validation runs at step 0, every `eval_every` steps and at the last step, once per step."""
+    if run.validate is None:
+        return False
+    step = run.position.global_step
+    if run.validation.history and run.validation.history[-1]["step"] >= step:
+        return False  # done before the checkpoint this run resumed from
+    return step % run.config.eval_every == 0 or step == run.last_step
+
+
+def validate_now(run: Run, log: MetricsLog | None) -> None:
+    """Score the current weights (rank 0; the other ranks wait), log them, keep the best export."""
+    if distributed.is_main():
+        step, validation = run.position.global_step, run.validation
+        folder = run.workdir / VALIDATION_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        export_file = folder / "model.pth"
+        # The RNGs are forked so that nothing validation draws (a random init before weights
+        # load, a worker seed) shifts the training run's streams.
+        saved = rng_state()
+        try:
+            with torch.no_grad():
+                write_export(run.module, run.unwrapped, run.config, export_meta(run), export_file)
+                scores = run.validate(export_file, step, str(run.device))
+        finally:
+            set_rng_state(saved)
+        entry = {"step": step, "scores": scores}
+        validation.history.append(entry)
+        score = scores[run.validate.metric]
+        best = validation.best
+        if math.isfinite(score) and (best is None or score > best["score"]):
+            validation.best = {"step": step, "score": score}
+            meta = export_meta(run, selection="best", validation=_validation_record(run, entry))
+            write_export(run.module, run.unwrapped, run.config, meta, run.workdir / BEST_EXPORT)
+        if log is not None:
+            log.write({"epoch": run.position.epoch, "step": step, **{f"val/{key}": value for key, value in scores.items()}})
+        shown = ", ".join(f"{key} {value:.4g}" for key, value in scores.items())
+        tqdm.write(f"validation at step {step} ({validation.identity['benchmark']}): {shown}; best "
+                   f"{run.validate.metric} {validation.best['score']:.4g} at step {validation.best['step']}"
+                   if validation.best else f"validation at step {step}: {shown}", file=sys.stderr)
+    distributed.barrier()
+
+
 def train(method: str, config: TrainConfig, index_path: str | Path, workdir: str | Path, out: str | Path, *,
-          device: str = "auto", restart: bool = False) -> dict[str, Any]:
+          device: str = "auto", restart: bool = False, validate: Validate | None = None,
+          init_out: str | Path | None = None) -> dict[str, Any]:
     """Train (or resume) `method` on the images of an index; export to `out` once complete.
+
+    `validate` scores the model while it trains (see the module doc; `config.eval_every` sets the
+    cadence); `init_out` receives the untrained initialisation in the same export format.
 
     Returns a summary: steps, epochs, seconds, images/s, the last logged terms, whether it resumed.
     Raises `TrainingInterrupted` after checkpointing when SIGTERM / SIGUSR1 arrives, and
     `TrainingDiverged` (nothing saved) when a loss term or the state to save is not finite.
     """
     out = Path(out)
+    if config.eval_every and validate is None:
+        raise VcorrError(f"eval_every: {config.eval_every}, but no validation was given to run (train(validate=...))")
     try:
         with StopRequest() as stop, contextlib.ExitStack() as held:
-            run, state = prepare(method, config, index_path, workdir, device=device, restart=restart)
+            run, state = prepare(method, config, index_path, workdir, device=device, restart=restart,
+                                 validate=validate if config.eval_every else None, init_out=init_out)
             main = distributed.is_main()
             start_step = run.position.global_step
             log = progress = None
@@ -534,6 +671,8 @@ def train(method: str, config: TrainConfig, index_path: str | Path, workdir: str
             hooks = _StepHooks(run, stop, log, progress)
             started = time.perf_counter()
             try:
+                if validation_due(run):
+                    validate_now(run, log)
                 while run.position.global_step < run.last_step:
                     if train_one_epoch(run, make_loader(run), hooks):
                         break
@@ -563,5 +702,5 @@ def train(method: str, config: TrainConfig, index_path: str | Path, workdir: str
         "epochs": run.position.global_step / run.steps_per_epoch, "seconds": seconds,
         "images_per_s": hooks.images / seconds if seconds > 0 and steps else 0.0,
         "terms": hooks.last_terms, "resumed_from": start_step if state is not None else None, "out": str(out),
-        "main": main,
+        "main": main, "validation": run.validation.state() if run.validation is not None else None,
     }

@@ -56,16 +56,24 @@ def read_registry(name, optional=False):
 
 DATASETS = read_registry("datasets")
 BENCHMARKS = read_registry("benchmarks")
+# What `evaluate: benchmarks` may request: benchmarks whose scores are reported (role
+# evaluation); validation splits are read by training only (vcorr.evaluation.validation).
+EVALUATION_BENCHMARKS = {name: entry for name, entry in BENCHMARKS.items() if entry.get("role", "evaluation") == "evaluation"}
 METHODS = read_registry("methods")
 # Models the workflow trains (rules/train.smk); a registry folder without models.yaml trains none.
 MODELS = read_registry("models", optional=True)
 MODEL_FILE = "results/models/{model}.pth"
+# The model's untrained initialisation (`vcorr train --init-out`), the baseline `<method>_init`.
+INIT_FILE = "results/models/init/{model}.pth"
 
 
 def model_of_file(path):
-    """The model whose export `path` is (results/models/<model>.pth), else None."""
-    found = re.fullmatch(re.escape(MODEL_FILE).replace(re.escape("{model}"), "(.+)"), path or "")
-    return found[1] if found else None
+    """The model whose export or initialisation `path` is (MODEL_FILE, INIT_FILE), else None."""
+    for pattern in (INIT_FILE, MODEL_FILE):
+        found = re.fullmatch(re.escape(pattern).replace(re.escape("{model}"), "([^/]+)"), path or "")
+        if found:
+            return found[1]
+    return None
 
 # The cross-protocol table's references; a registry folder without protocols.yaml has no variants.
 PROTOCOLS = read_registry("protocols", optional=True)
@@ -205,7 +213,7 @@ check_parameter_overrides()
 
 def requested_pairs():
     """(benchmark, method) for every requested method on every requested benchmark it supports."""
-    benchmarks = pick(config["evaluate"]["benchmarks"], BENCHMARKS, "benchmarks")
+    benchmarks = pick(config["evaluate"]["benchmarks"], EVALUATION_BENCHMARKS, "benchmarks")
     methods = pick(config["evaluate"]["methods"], METHODS, "methods")
     return [
         (benchmark, method)
@@ -231,7 +239,7 @@ def cross_protocol_methods():
 
 
 def cross_protocol_benchmarks():
-    requested = pick(config["evaluate"]["benchmarks"], BENCHMARKS, "benchmarks")
+    requested = pick(config["evaluate"]["benchmarks"], EVALUATION_BENCHMARKS, "benchmarks")
     return [benchmark for benchmark in requested if BENCHMARKS[benchmark]["scorer"] != "server"]
 
 
@@ -375,7 +383,8 @@ def model_dataset(model):
 
 def training_inputs(wildcards):
     """The index and images, the config file and every checkpoint the model starts from (so a
-    retrained stage one reruns stage two)."""
+    retrained stage one reruns stage two); with validation, the validation data and the
+    downloaded weights its method reads besides the model's own."""
     model = MODELS[wildcards.model]
     dataset = model_dataset(wildcards.model)
     inputs = {
@@ -384,16 +393,68 @@ def training_inputs(wildcards):
         "config": str(REPOSITORY / model["config"]),
     }
     inputs.update({key: model_source_file(source) for key, source in (model.get("weights") or {}).items()})
+    validation = training_validation(wildcards.model)
+    if validation:
+        benchmark, method = validation
+        inputs["validation_data"] = f"resources/data/{benchmark_dataset(benchmark)}"
+        inputs["validation_weights"] = [
+            weights_file(encoder["weights"]) for encoder in METHODS[method]["encoders"] if "id" in (encoder.get("weights") or {})
+        ]
     return inputs
 
 
-def training_overrides(model_name):
-    """{key: value} given as `--set`: the checkpoints the model starts from, its registry `set`,
+def file_settings(model_name):
+    """The keys of the model's training config file."""
+    path = REPOSITORY / MODELS[model_name]["config"]
+    try:
+        return load_yaml_text(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise WorkflowError(f"{path}: invalid YAML ({error})")
+
+
+@functools.cache
+def training_validation(model_name):
+    """(benchmark, method) the model validates on while training (`eval_every` > 0 in its config
+    file or overrides), checked against the registries, else None. Without `eval_method`, the
+    method of methods.yaml that evaluates the model's export, when there is one."""
+    where = f"{REGISTRY_DIR / 'models.yaml'}: {model_name}"
+    settings = {**file_settings(model_name), **model_overrides(model_name)}
+    if not settings.get("eval_every"):
+        return None
+    benchmark, method = settings.get("eval_benchmark"), settings.get("eval_method")
+    if method is None:
+        readers = [name for name, entry in METHODS.items() if any(
+            (encoder.get("weights") or {}).get("path") == MODEL_FILE.format(model=model_name) for encoder in entry["encoders"])]
+        if len(readers) != 1:
+            raise WorkflowError(f"{where}: eval_every without eval_method, and {len(readers)} methods of methods.yaml read "
+                                f"its export ({', '.join(readers) or 'none'}): set eval_method")
+        method = readers[0]
+    if BENCHMARKS.get(benchmark, {}).get("role") != "validation":
+        raise WorkflowError(f"{where}: eval_benchmark '{benchmark}' is not a benchmark of role validation in benchmarks.yaml "
+                            f"({', '.join(name for name, entry in BENCHMARKS.items() if entry.get('role') == 'validation')})")
+    if method not in METHODS:
+        raise WorkflowError(f"{where}: eval_method '{method}' is not a method of methods.yaml")
+    return benchmark, method
+
+
+def model_overrides(model_name):
+    """{key: value} of the model's registry entry: the checkpoints it starts from, its `set`,
     then config training.set (the run's own overrides win)."""
     model = MODELS[model_name]
     overrides = {key: model_source_file(source) for key, source in (model.get("weights") or {}).items()}
     overrides.update(model.get("set") or {})
     overrides.update(config["training"]["set"])
+    return overrides
+
+
+def training_overrides(model_name):
+    """{key: value} given as `--set`: `model_overrides`, and with validation its method and the
+    data root of its benchmark (where the DAG extracts it) unless given."""
+    overrides = model_overrides(model_name)
+    validation = training_validation(model_name)
+    if validation:
+        overrides.setdefault("eval_method", validation[1])
+        overrides.setdefault("eval_data_root", data_root(validation[0]))
     return overrides
 
 
@@ -406,18 +467,13 @@ def training_settings(model_name):
     uses it; its digest names the work dir, so such a change starts a fresh training instead of
     resuming a checkpoint of other settings, while a resubmitted job resumes its own."""
     model = MODELS[model_name]
-    path = REPOSITORY / model["config"]
-    try:
-        file_settings = load_yaml_text(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise WorkflowError(f"{path}: invalid YAML ({error})")
     upstream = {
         key: json.loads(training_settings(source["model"])) if "model" in source else source
         for key, source in (model.get("weights") or {}).items()
     }
     settings = {
         "method": model["method"],
-        "config": {**file_settings, **training_overrides(model_name)},
+        "config": {**file_settings(model_name), **training_overrides(model_name)},
         "data": model["data"],
         "starts_from": upstream,
     }

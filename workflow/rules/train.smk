@@ -3,14 +3,18 @@
 # The work dir (checkpoints, resolved config, metrics.csv, TensorBoard) is results/train/<model>/
 # <settings digest>/ and not an output: Snakemake never deletes it, so a failed, timed-out or
 # preempted job (SIGTERM / SIGUSR1: a checkpoint, a non-zero exit) resumes when it is rerun
-# (`retries:` of the Slurm profile resubmits it once). The export is written at the very end.
+# (`retries:` of the Slurm profile resubmits it once). The export is written at the very end;
+# the untrained initialisation (results/models/init/<model>.pth, the `<method>_init` baselines)
+# when the job starts. With validation (`eval_every` in the model's settings) the validation data
+# are inputs, and the scores are in metrics.csv beside the loss.
 
 
 rule train:
     input:
         unpack(training_inputs),
     output:
-        MODEL_FILE,
+        model=MODEL_FILE,
+        init=INIT_FILE,
     params:
         # The resolved training config: a changed hyper-parameter reruns this model and what
         # uses it, nothing else.
@@ -31,4 +35,4 @@ rule train:
         "../../envs/vcorr.yaml"
     shell:
         "{params.launcher} vcorr train --method {params.method} --config {input.config} --data {input.index}"
-        " --workdir {params.workdir} --out {output} --device {params.device} {params.overrides} >> {log} 2>&1"
+        " --workdir {params.workdir} --out {output.model} --init-out {output.init} --device {params.device} {params.overrides} >> {log} 2>&1"
