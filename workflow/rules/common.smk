@@ -556,6 +556,14 @@ def scoring_code(scorer):
 
 
 @functools.cache
+def agreement_code():
+    """The agreement's code and the DAVIS scorer it runs: a change of either reruns the agreements."""
+    from vcorr.provenance import code_digest
+
+    return code_digest("vcorr.report.agreement:agreement_report")
+
+
+@functools.cache
 def training_code(method):
     from vcorr.train import training_code_digest
 

@@ -101,7 +101,7 @@ rule agreement:
     params:
         root=lambda wildcards: data_root(wildcards.benchmark),
         masks=lambda wildcards: released_masks(wildcards.benchmark, wildcards.method)[1],
-        code=lambda wildcards: scoring_code("davis"),
+        code=lambda wildcards: agreement_code(),
     wildcard_constraints:
         benchmark=one_of(benchmarks_scored_by("davis")),
     log:
