@@ -519,3 +519,25 @@ def test_imagenet_class_archives_unpacked(tmp_path, registry):
     assert table.sequence.tolist() == ["n01440764", "n01440764", "n01443537"]
     assert table.image[2] == str(data / "imagenet" / "train" / "n01443537" / "n01443537_10007.JPEG")
     assert sorted(path.name for path in (data / "imagenet").iterdir()) == [MARKER, "train"]
+
+
+def test_a_publishers_sha256_prefix_is_checked(tmp_path, server, registry, capsys):
+    # torchvision's and mmcv's released file names end in the first 8 hex digits of the sha256.
+    body = b"torchvision's resnet18"
+    digest = hashlib.sha256(body).hexdigest()
+    name = "resnet18-f37072fd.pth"
+    url = load_registry("datasets")["torchvision_r18"]["files"][0]["url"]
+    serve(server, "torchvision_r18", {name: body})
+    downloads = tmp_path / "downloads"
+    registry({"torchvision_r18": {"files": [{"name": name, "url": url, "type": "file", "sha256_prefix": digest[:8]}]}})
+    assert cli("fetch", "torchvision_r18", "--dest", downloads, "--mirror", server.mirror, *FAST) == 0
+    assert (downloads / "torchvision_r18" / name).read_bytes() == body
+    # Another file under that name: refused by the download and, placed by hand, by the next fetch.
+    wrong = "0" * 8 if not digest.startswith("0" * 8) else "f" * 8
+    registry({"torchvision_r18": {"files": [{"name": name, "url": url, "type": "file", "sha256_prefix": wrong}]}})
+    assert cli("fetch", "torchvision_r18", "--dest", downloads, "--mirror", server.mirror, *FAST) == 2
+    assert f"does not match the registry's sha256 prefix (config/datasets.yaml) {wrong}" in capsys.readouterr().err
+    (downloads / "torchvision_r18" / name).unlink()
+    assert cli("fetch", "torchvision_r18", "--dest", tmp_path / "fresh", "--mirror", server.mirror, *FAST) == 2
+    assert f"expected the registry's sha256 prefix {wrong}" in capsys.readouterr().err
+    assert not (tmp_path / "fresh" / "torchvision_r18" / name).exists()

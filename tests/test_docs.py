@@ -52,3 +52,18 @@ def test_every_readme_section_pointed_to_exists(source):
 def test_a_pointer_to_a_missing_section_is_caught():
     text = '# see README "Training on a cluster" and (README: Slurm), README "Training in the workflow"'
     assert missing_sections(text) == ["Training on a cluster"]
+
+
+def test_the_readme_lists_every_released_method():
+    """The supported methods table names each method of methods.yaml a download lets one run."""
+    import yaml
+
+    methods = yaml.safe_load((REPO / "config" / "methods.yaml").read_text())
+    benchmarks = yaml.safe_load((REPO / "config" / "benchmarks.yaml").read_text())
+    datasets = yaml.safe_load((REPO / "config" / "datasets.yaml").read_text())
+    table = README.read_text().split("Supported methods:", 1)[1].split("\n\n", 2)[1]
+    for name, entry in methods.items():
+        trained = any("path" in (encoder.get("weights") or {}) for encoder in entry["encoders"])
+        demo = all(datasets[benchmarks[b]["dataset"]].get("built_by") for b in entry["benchmarks"])
+        if not trained and not demo:
+            assert f"`{name}`" in table, f"README's supported methods table lacks {name}"

@@ -191,3 +191,13 @@ def test_weights_the_workflow_produces_are_read_from_their_path(tmp_path, frames
     extractor = FeatureExtractor(method.features, weights_root=None, device="cpu")
     assert extractor.reports[0].complete
     assert method.as_dict()["encoders"] == [{"arch": "crw_r18", "weights": {"path": str(trained), "format": "vcorr"}}]
+
+
+def test_sfc_fusion_weighs_the_fine_grained_features_by_its_lambda(frames):
+    config = [
+        {"arch": "hvc_r18", "weights": None, "seed": 1},
+        {"arch": "moco_r50", "weights": None, "seed": 2},
+    ]
+    fused = extractor_for(config, fusion="sfc", device="cpu").extract(frames[0])
+    # SFC's test_vos.py: normalize(cat(lambd * n(fc), n(semantic))), lambd 1.75 by default.
+    torch.testing.assert_close(fused[:256].norm(dim=0), torch.full((6, 9), 1.75 / np.hypot(1.75, 1)))

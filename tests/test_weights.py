@@ -427,3 +427,141 @@ def test_unreadable_and_wrong_files(tmp_path, hvc_truth):
         load_weights(build_encoder("hvc_r18"), tensor_file, "hvc")
     with pytest.raises(VcorrError, match="unknown checkpoint format"):
         load_weights(build_encoder("hvc_r18"), release, "caffe")
+
+
+# ---------------------------------------------------------------- the compared methods' releases
+
+
+def byol_mlp(prefix: str, in_dim: int, inner: int, out: int) -> dict[str, torch.Tensor]:
+    """SFC's MLP2d (1x1 conv, BN, ReLU, 1x1 conv) under `prefix`, real shapes, constant values."""
+    mlp = {f"{prefix}.linear1.weight": constant(inner, in_dim, 1, 1), f"{prefix}.linear1.bias": constant(inner),
+           f"{prefix}.linear2.weight": constant(out, inner, 1, 1), f"{prefix}.linear2.bias": constant(out)}
+    for buffer in ("weight", "bias", "running_mean", "running_var"):
+        mlp[f"{prefix}.bn1.{buffer}"] = constant(inner)
+    mlp[f"{prefix}.bn1.num_batches_tracked"] = torch.tensor(3)
+    return mlp
+
+
+@pytest.mark.parametrize(("arch", "depth"), [("hvc_r18", 18), ("moco_r50", 50)])
+@pytest.mark.parametrize("wrapped", [False, True], ids=["torchvision", "vfs"])
+def test_torchvision_and_vfs_files(tmp_path, arch, depth, wrapped):
+    # torchvision's resnet18-f37072fd.pth: the bare state dict, fc included. VFS's release: the
+    # same keys under `state_dict` beside `meta` (its convert_to_pretrained / publish_model).
+    truth = random_state(depth, seed=7, constant_prefixes=("layer4.", "fc.") if depth == 50 else ())
+    path = tmp_path / ("r18_nc_sgd_cos_100e_r2_1xNx8_k400-db1a4c0d.pth" if wrapped else f"resnet{depth}-f37072fd.pth")
+    torch.save({"state_dict": truth, "meta": {}} if wrapped else truth, path)
+    encoder = build_encoder(arch)
+    report = load_weights(encoder, path, "torchvision")
+    assert_landed(encoder, truth)
+    assert_accounted(report, truth)
+    assert not report.missing and not report.unexpected
+    assert set(report.ignored) == {key for key in truth if key.startswith(("layer4.", "fc."))}
+    x = torch.randn(1, 3, 40, 48)
+    expected = reference_features(truth, depth, x, stride_one=("layer3", "layer4"))
+    assert (features(encoder, x) - expected).abs().max().item() == 0
+
+
+@pytest.mark.parametrize("wrapping", ["plain", "framework", "fast_net"])
+def test_dul_snapshot(tmp_path, wrapping):
+    # dense-ulearn-vos Checkpoint.checkpoint: {"model": Framework.state_dict(), "opt", "score",
+    # "epoch"}; the Framework holds fast_net (Net: backbone + emb_q, FEATURE_DIM 128). Training
+    # may wrap the Framework or its net in DataParallel: infer_vos.py removes `module.` anywhere.
+    truth = random_state(18, seed=8)
+    prefix = {"plain": "fast_net.", "framework": "module.fast_net.", "fast_net": "fast_net.module."}[wrapping]
+    model = OrderedDict((f"{prefix}backbone.{k}", v) for k, v in without(truth, "fc.").items())
+    head = {"emb_q.conv1.weight": constant(512, 512, 1, 1), "emb_q.conv1.bias": constant(512),
+            "emb_q.conv2.weight": constant(128, 512, 1, 1), "emb_q.conv2.bias": constant(128),
+            **{f"emb_q.bn1.{b}": constant(512) for b in ("weight", "bias", "running_mean", "running_var")},
+            "emb_q.bn1.num_batches_tracked": torch.tensor(4)}
+    model.update((f"{prefix}{k}", v) for k, v in head.items())
+    path = tmp_path / "ytvos_e060_res4.pth"
+    torch.save({"model": model, "opt": {"state": {}, "param_groups": []}, "score": 0.69, "epoch": 60}, path)
+    encoder = build_encoder("dul_r18")
+    report = load_weights(encoder, path, "dul")
+    assert_landed(encoder, truth)
+    assert_accounted(report, model)
+    assert not report.missing and not report.unexpected
+    assert set(report.ignored) == {f"{prefix}{k}" for k in head}  # res4 keeps layer4: none of it ignored
+    x = torch.randn(1, 3, 40, 48)
+    expected = reference_features(truth, 18, x, stride_one=("layer3", "layer4"), last="layer4")
+    assert (features(encoder, x) - expected).abs().max().item() == 0
+    assert encoder.stride == 8 and encoder.out_channels == 512
+
+
+def test_sfc_fine_grained_checkpoint(tmp_path):
+    # SFC train.py save_model: {"model": FineGrained.state_dict(), "optimizer", "epoch", "args"};
+    # online / target ResNet-18 encoders (head_type early_return: no fc), MLP2d projectors
+    # (512 -> 2048 -> 256) and predictor (256 -> 2048 -> 256).
+    truth = random_state(18, seed=9)
+    encoder_state = without(truth, "fc.")
+    model = OrderedDict((f"online_encoder.{k}", v) for k, v in encoder_state.items())
+    model.update((f"target_encoder.{k}", constant(*v.shape)) for k, v in encoder_state.items())
+    for name, in_dim in (("online_projector", 512), ("target_projector", 512), ("predictor", 256)):
+        model.update(byol_mlp(name, in_dim, 2048, 256))
+    path = tmp_path / "pretrained_fc.pth"
+    torch.save({"model": model, "optimizer": {"state": {}, "param_groups": []}, "epoch": 19,
+                "args": training_args()}, path)
+    encoder = build_encoder("hvc_r18")
+    report = load_weights(encoder, path, "sfc")
+    assert_landed(encoder, truth)
+    assert_accounted(report, model)
+    assert not report.missing and not report.unexpected
+    assert report.ignored["predictor.linear1.weight"].startswith("SFC training-only")
+    assert {key for key in report.ignored if key.startswith("online_encoder.")} == {
+        f"online_encoder.{key}" for key in encoder_state if key.startswith("layer4.")}
+    x = torch.randn(1, 3, 40, 48)
+    expected = reference_features(truth, 18, x, stride_one=("layer3", "layer4"))
+    assert (features(encoder, x) - expected).abs().max().item() == 0
+    # HVC's training checkpoint names its heads otherwise: read as one, SFC's heads are unexpected.
+    as_hvc = load_weights(build_encoder("hvc_r18"), path, "hvc")
+    assert {key.split(".")[0] for key in as_hvc.unexpected} == {"online_projector", "target_projector", "predictor"}
+
+
+@pytest.mark.parametrize("full", [False, True], ids=["backbone", "full_checkpoint"])
+def test_dino_resnet50(tmp_path, full):
+    # DINO's dino_resnet50_pretrain.pth: a torchvision ResNet-50 state dict without fc (fc is an
+    # Identity); the full checkpoint's teacher holds it under `backbone.` beside the DINOHead.
+    truth = random_state(50, seed=10, constant_prefixes=("layer4.",))
+    backbone = without(truth, "fc.")
+    if full:
+        teacher = OrderedDict((f"backbone.{k}", v) for k, v in backbone.items())
+        teacher["head.last_layer.weight_g"] = constant(65536, 1)
+        student = OrderedDict((f"module.{k}", constant(*v.shape)) for k, v in teacher.items())
+        checkpoint, state = {"student": student, "teacher": teacher, "epoch": 100, "args": training_args()}, teacher
+    else:
+        checkpoint, state = backbone, backbone
+    path = tmp_path / "dino_resnet50_pretrain.pth"
+    torch.save(checkpoint, path)
+    encoder = build_encoder("moco_r50")
+    report = load_weights(encoder, path, "dino")
+    assert_landed(encoder, truth)
+    assert_accounted(report, state)
+    assert not report.missing and not report.unexpected
+
+
+def released_file(tmp_path, format: str):
+    """A small file in `format`'s released layout, for the refusal tests (its name, as released)."""
+    truth = without(random_state(18, seed=11), "fc.")
+    if format == "torchvision":
+        return "resnet18-f37072fd.pth", truth
+    if format == "dul":
+        return "ytvos_e060_res4.pth", {"model": {f"fast_net.backbone.{k}": v for k, v in truth.items()}, "epoch": 60}
+    return "pretrained_fc.pth", {"model": {f"online_encoder.{k}": v for k, v in truth.items()}, "epoch": 19}
+
+
+@pytest.mark.parametrize("format", ["torchvision", "dul", "sfc"])
+def test_wrong_and_truncated_released_files_are_refused_naming_the_file(tmp_path, format):
+    name, checkpoint = released_file(tmp_path, format)
+    path = tmp_path / name
+    torch.save(checkpoint, path)
+    assert load_weights(build_encoder("hvc_r18"), path, format).complete
+    truncated = tmp_path / f"cut-{name}"
+    truncated.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(VcorrError, match=rf"cut-{re.escape(name)}: not a readable PyTorch checkpoint"):
+        load_weights(build_encoder("hvc_r18"), truncated, format)
+    # The file given as another format, or to an encoder of another shape: refused, named.
+    other = {"torchvision": "dul", "dul": "sfc", "sfc": "dul"}[format]
+    with pytest.raises(VcorrError, match=rf"{re.escape(name)}: (no 'model' entry|\d+ weights of hvc_r18 are not in this)"):
+        load_weights(build_encoder("hvc_r18"), path, other)
+    with pytest.raises(VcorrError, match=rf"{re.escape(name)}: key '.*' has shape .* but moco_r50's"):
+        load_weights(build_encoder("moco_r50"), path, format)

@@ -21,6 +21,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -80,6 +81,27 @@ def test_dry_run_of_all_builds_every_method_on_every_benchmark(fresh_directory):
     method = next(iter(methods))
     ytvos_parts = {part for (rule, b, m, part) in jobs if rule == "propagate" and b == "ytvos18" and m == method}
     assert ytvos_parts == {f"shard-{i}-of-{shards['ytvos18']}" for i in range(shards["ytvos18"])}
+
+
+def test_dry_run_of_the_field_table_plans_every_rows_jobs(fresh_directory):
+    from vcorr.report.published import table_cells
+
+    done = snakemake("-n", "results/tables/field.csv", "--configfile", str(REPO / "config/config.yaml"),
+                     cwd=fresh_directory)
+    assert done.returncode == 0, done.stdout
+    cells = table_cells("field", registry("published"), registry("methods"), registry("protocols"), registry("benchmarks"))
+    evaluated = {(cell.benchmark, cell.evaluated_as) for cell in cells if cell.evaluated_as}
+    jobs = planned_jobs(done.stdout)
+    counts = rule_counts(done.stdout)
+    assert counts["table"] == 1 and counts["result"] == counts["score"] == counts["propagate"] == len(evaluated)
+    for benchmark, method in evaluated:
+        assert jobs[("result", benchmark, method, None)] == 1, (benchmark, method)
+        assert jobs[("propagate", benchmark, method, "all")] == 1, (benchmark, method)
+    # Every protocol of every released CNN and ViT, e.g. VFS under crw and dino, DINO's ViT under stt.
+    assert {("davis17", "vfs_r18@crw"), ("davis17", "vfs_r18@dino"), ("jhmdb", "dul_ytvos@stt"),
+            ("vip", "dino_vits16@stt"), ("davis17", "sfc")} <= evaluated
+    assert not counts["train"]  # released models only
+    assert "vcorr report table field" in done.stdout
 
 
 def test_official_davis_crosscheck_joins_all_when_enabled(fresh_directory, tmp_path):
@@ -298,6 +320,100 @@ def test_cross_protocol_table_lists_every_method_protocol_and_benchmark(tiny_run
                    [v for k, v in ours[b, m, "crw"].items() if k not in ("protocol", "settings", "result")]
                    != [v for k, v in ours[b, m, protocol].items() if k not in ("protocol", "settings", "result")]
                    for b in local if (b, protocol) != ("jhmdb", "dino") for m in ("tiny_random", "tiny_crw"))
+
+
+@pytest.mark.slow
+def test_the_field_table_sets_every_cell_beside_the_published_numbers(tiny_run):
+    workspace, first = tiny_run
+    assert first.returncode == 0, first.stdout[-6000:]
+    root = workspace.root
+    rows = list(csv.DictReader((root / "results/tables/field.csv").open()))
+    cross = {(r["benchmark"], r["method"], r["protocol"]): r for r in csv.DictReader((root / "results/cross_protocol.csv").open())}
+    table = {(r["benchmark"], r["method"], r["protocol"]): r for r in rows}
+    assert len(table) == len(rows)
+    # The three protocols on every locally scored benchmark: the cross-protocol table's cells.
+    assert {key for key in table if key[1] != "tiny_unreleased" and key[0] != "ytvos18"} == set(cross)
+    assert {protocol for _, _, protocol in table} == {"crw", "stt", "dino"}
+    for key, row in cross.items():
+        assert table[key]["status"] == row["status"] and table[key]["result"] == row["result"]
+        scale = 100 if key[0] == "davis17" else 1  # DAVIS's scorer gives fractions, the table percent
+        for metric in ("J&F-Mean", "PCK@0.1", "mIoU"):
+            if row.get(metric):
+                assert float(table[key][metric]) == pytest.approx(float(row[metric]) * scale, abs=0.005)
+    own = table["davis17", "tiny_crw", "crw"]
+    assert float(own["J&F-Mean published"]) == 50.0
+    assert float(own["J&F-Mean difference"]) == pytest.approx(float(own["J&F-Mean"]) - 50.0, abs=0.01)
+    assert table["ytvos18", "tiny_crw", "crw"]["status"] == "not evaluated"
+    assert table["davis17", "tiny_unreleased", "stt"]["note"].startswith("no public weights")
+    # config report.tables puts it in `all` and on the page, under its title.
+    planned = workspace.run("-n", "all", overlay={"report": {"page": True, "tables": ["field"]}})
+    assert planned.returncode == 0, planned.stdout
+    assert "--table 'The tiny field=results/tables/field.csv'" in planned.stdout
+
+
+@pytest.mark.slow
+def test_the_agreement_target_compares_a_release_archive_with_vcorrs_predictions(tiny_run, tiny_mirror, tmp_path):
+    import io
+    import zipfile
+
+    from PIL import Image
+
+    from vcorr.evaluation.scoring import score_davis
+    from vcorr.io import read_index_png
+
+    workspace, first = tiny_run
+    assert first.returncode == 0
+    workspace = fork_workspace(workspace, tmp_path / "fork")
+    root = workspace.root
+    predictions = root / "results/predictions/davis17/tiny_crw/all"
+    # The authors' archive: their masks are vcorr's predictions with 5 rows of one frame changed and
+    # one frame not released, greyscale PNGs (HVC's imageio) two folders down, as published.yaml says.
+    members, expected = {}, {}
+    for path in sorted(predictions.glob("*/*.png")):
+        ids = read_index_png(path)
+        sequence = path.parent.name
+        if (sequence, path.stem) == ("blackswan", "00003"):
+            continue
+        if (sequence, path.stem) == ("blackswan", "00002"):
+            changed = ids.copy()
+            changed[:5] = np.where(ids[:5] == 1, 2, 1)
+            expected[sequence, path.stem] = float(np.mean(changed == ids))
+            ids = changed
+        else:
+            expected[sequence, path.stem] = 1.0
+        buffer = io.BytesIO()
+        Image.fromarray(ids, mode="L").save(buffer, format="PNG")
+        members[f"tiny_crw/davis17_vos/{sequence}/{path.name}"] = buffer.getvalue()
+    mirror, _ = tiny_mirror
+    archive = mirror / "tiny_crw_masks" / "tiny_crw_masks.zip"
+    archive.parent.mkdir(exist_ok=True)
+    with zipfile.ZipFile(archive, "w") as handle:
+        for name, data in members.items():
+            handle.writestr(name, data)
+
+    target = "results/davis17/tiny_crw.agreement.json"
+    planned = workspace.run("-n", target)
+    assert planned.returncode == 0, planned.stdout
+    # The release is fetched and unpacked; vcorr's predictions are the run's, not redone.
+    assert rule_counts(planned.stdout) == Counter({"fetch_tiny_crw_masks": 1, "extract": 1, "agreement": 1})
+    done = workspace.run("--cores", "1", target)
+    assert done.returncode == 0, done.stdout[-6000:]
+    report = json.loads((root / target).read_text())
+    found = {(sequence, frame): value for sequence, entry in report["per_sequence"].items()
+             for frame, value in entry["frames"].items()}
+    assert found == pytest.approx(expected) and expected["blackswan", "00002"] < 1
+    assert report["per_sequence"]["blackswan"]["missing"] == ["00003"] and report["frames_missing"] == 1
+    assert report["frames"] == len(expected)
+    # Both J&F by vcorr's scorer: vcorr's is the run's score, the authors' that of their folder.
+    scores = json.loads((root / "results/scores/davis17/tiny_crw.json").read_text())["global"]
+    assert report["scores"]["vcorr"]["J&F-Mean"] == pytest.approx(scores["J&F-Mean"])
+    masks = root / "resources/data/tiny_crw_masks/tiny_crw/davis17_vos"
+    theirs = score_davis(root / "resources/data/davis17/DAVIS", masks, csv_dir=tmp_path / "csv")
+    assert report["scores"]["authors"]["J&F-Mean"] == pytest.approx(theirs["J&F-Mean"])
+    assert report["scores"]["difference"]["J&F-Mean"] == pytest.approx(scores["J&F-Mean"] - theirs["J&F-Mean"])
+    # A method without released masks has no such target.
+    refused = workspace.run("-n", "results/davis17/tiny_random.agreement.json")
+    assert refused.returncode != 0 and "no released masks of tiny_random on davis17" in refused.stdout
 
 
 @pytest.mark.slow

@@ -10,8 +10,9 @@ same network on every run and machine).
 Features of a frame whose size is not a multiple of the stride follow the convolution arithmetic
 of the originals (each stride-2 layer gives floor((n - 1) / 2) + 1): 480x854 -> 60x107 at stride 8.
 Single-encoder features are returned as the encoder computes them (the propagation protocols
-L2-normalise them); HVC fusion returns `normalize(concat(w * normalize(f_hvc), normalize(f_moco)))`
-with w = 1.05, both normalisations over channels.
+L2-normalise them); a fusion (HVC's, SFC's) returns
+`normalize(concat(w * normalize(f_0), normalize(f_1)))` with its weight w
+(`vcorr.models.config.FUSION_WEIGHTS`: 1.05 for HVC, 1.75 for SFC), every normalisation over channels.
 """
 
 from __future__ import annotations
@@ -27,17 +28,17 @@ import torch.nn.functional as F
 
 from vcorr.device import resolve_device
 from vcorr.errors import VcorrError
-from vcorr.models.config import FeatureConfig
+from vcorr.models.config import FUSION_WEIGHTS, FeatureConfig
 from vcorr.models.preprocess import normalise_frames
 
-HVC_FUSION_WEIGHT = 1.05
+HVC_FUSION_WEIGHT = FUSION_WEIGHTS["hvc"]
 
 
 def fuse_hvc(hvc: torch.Tensor, moco: torch.Tensor, weight: float = HVC_FUSION_WEIGHT) -> torch.Tensor:
-    """HVC's test-time fusion of `[N, C, h, w]` maps: normalize(cat(w * n(hvc), n(moco)))."""
+    """HVC's (and SFC's) test-time fusion of `[N, C, h, w]` maps: normalize(cat(w * n(hvc), n(moco)))."""
     if hvc.shape[-2:] != moco.shape[-2:]:
         raise VcorrError(
-            f"HVC fusion needs feature maps of equal size, got {tuple(hvc.shape[-2:])} and "
+            f"feature fusion needs feature maps of equal size, got {tuple(hvc.shape[-2:])} and "
             f"{tuple(moco.shape[-2:])}"
         )
     fused = torch.cat((weight * F.normalize(hvc, dim=1), F.normalize(moco, dim=1)), dim=1)
@@ -60,7 +61,7 @@ class FeatureExtractor:
         weights_root: str | Path | None = None,
         device: str | torch.device = "auto",
         amp: bool = False,
-        fusion_weight: float = HVC_FUSION_WEIGHT,
+        fusion_weight: float | None = None,
         zero_image_bn_update: bool = False,
     ) -> None:
         from vcorr.models import build_encoder
@@ -69,7 +70,8 @@ class FeatureExtractor:
         self.device = resolve_device(device)
         self.input = features.input
         self.fusion = features.fusion
-        self.fusion_weight = fusion_weight
+        # The fusion's own weight unless the caller sets one.
+        self.fusion_weight = FUSION_WEIGHTS.get(self.fusion) if fusion_weight is None else fusion_weight
         self.amp = bool(amp) and self.device.type == "cuda"
         self.networks = []
         self.reports = []
@@ -108,7 +110,7 @@ class FeatureExtractor:
         with torch.inference_mode(), self._autocast():
             maps = [network(images) for network in self.networks]
         maps = [feature_map.float() for feature_map in maps]
-        if self.fusion == "hvc":
+        if self.fusion is not None:
             return fuse_hvc(maps[0], maps[1], self.fusion_weight)
         return maps[0]
 

@@ -1,5 +1,6 @@
-"""`vcorr report result|summary|cross-protocol|crosscheck-davis|figures|page`: results JSON with
-provenance, summary and cross-protocol tables, charts and overlays, and the HTML page that shows them."""
+"""`vcorr report result|summary|cross-protocol|table|agreement|crosscheck-davis|figures|page`: results
+JSON with provenance, summary, cross-protocol and published-number tables, the agreement with a
+release's own masks, charts and overlays, and the HTML page that shows them."""
 
 from __future__ import annotations
 
@@ -42,6 +43,26 @@ def add_parser(subparsers) -> None:
     cross.add_argument("--benchmarks", nargs="+", required=True, help="benchmarks of config/benchmarks.yaml")
     cross.add_argument("--out", required=True, type=Path, metavar="FILE.csv")
     cross.set_defaults(func=run_cross_protocol)
+
+    table = actions.add_parser(
+        "table", help="a table of config/published.yaml: vcorr's numbers beside the published ones (vcorr.report.tables)")
+    table.add_argument("table", metavar="NAME", help="a table of published.yaml (field, hvc, stt, ...)")
+    table.add_argument("results", nargs="*", type=Path, metavar="RESULT.json",
+                       help="the result of every cell of the table that can be evaluated")
+    table.add_argument("--out", required=True, type=Path, metavar="FILE.csv")
+    table.set_defaults(func=run_table)
+
+    agreement = actions.add_parser(
+        "agreement", help="vcorr's predictions of a released model against its authors' masks (vcorr.report.agreement)")
+    agreement.add_argument("--benchmark", required=True, help="a benchmark scored by vcorr score davis")
+    agreement.add_argument("--data-root", required=True, type=Path, help="the dataset root (e.g. resources/data/davis17/DAVIS)")
+    agreement.add_argument("--predictions", required=True, type=Path, help="vcorr's predictions (`vcorr propagate --out`)")
+    agreement.add_argument("--masks", required=True, type=Path,
+                           help="the authors' masks: the folder that holds <sequence>/<frame>.png")
+    agreement.add_argument("--method", required=True, help="the released model's method (recorded)")
+    agreement.add_argument("--jobs", type=int, default=1, help="scoring processes")
+    agreement.add_argument("--out", required=True, type=Path, metavar="FILE.json")
+    agreement.set_defaults(func=run_agreement)
 
     crosscheck = actions.add_parser(
         "crosscheck-davis", help="compare vcorr's J&F with the official davis2017-evaluation (DAVIS-2017)")
@@ -125,6 +146,35 @@ def run_cross_protocol(args: argparse.Namespace) -> int:
     missing = sum(cell.evaluated_as is None for cell in cells)
     print(f"{args.out}: {rows} cells ({len(args.methods)} methods x {len({cell.protocol for cell in cells})} protocols x {len(args.benchmarks)} benchmarks), "
           f"{rows - missing} evaluated, {missing} not evaluated (reason in `note`)")
+    return 0
+
+
+def run_table(args: argparse.Namespace) -> int:
+    from vcorr.config import config_dir, load_registry
+    from vcorr.errors import VcorrError
+    from vcorr.report.published import check_published, table_cells
+    from vcorr.report.tables import write_published_table
+
+    where = config_dir() / "published.yaml"
+    if not where.is_file():
+        raise VcorrError(f"{where}: no published.yaml in the registry folder: it defines the tables")
+    protocols = load_registry("protocols") if (config_dir() / "protocols.yaml").is_file() else {}
+    published, methods, benchmarks = load_registry("published"), load_registry("methods"), load_registry("benchmarks")
+    check_published(published, methods, benchmarks, load_registry("datasets"), str(where))
+    cells = table_cells(args.table, published, methods, protocols, benchmarks)
+    counts = write_published_table(cells, published, methods, benchmarks, args.results, args.out)
+    print(f"{args.out}: {counts['rows']} rows, {counts['evaluated']} evaluated, {counts['published']} with a published "
+          f"number, {counts['compared']} compared (not evaluated: the reason in `note`)")
+    return 0
+
+
+def run_agreement(args: argparse.Namespace) -> int:
+    from vcorr.report.agreement import write_agreement
+
+    report = write_agreement(args.out, benchmark=args.benchmark, data_root=args.data_root, predictions=args.predictions,
+                             masks=args.masks, method=args.method, jobs=args.jobs)
+    print(f"{args.out}: {report['frames']} frames, pixel agreement {report['agreement']:.6f}; J&F vcorr "
+          f"{report['scores']['vcorr']['J&F-Mean']:.4f}, authors {report['scores']['authors']['J&F-Mean']:.4f}")
     return 0
 
 

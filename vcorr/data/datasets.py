@@ -15,10 +15,19 @@ class DataFile:
     url: str | None
     sha256: str | None
     type: str  # archive | file
+    # The first hex digits of the sha256 where the publisher gives only those (torchvision's and
+    # mmcv's file names end in `-<first 8>`, as torch.hub checks them).
+    sha256_prefix: str | None = None
     required: bool = True
     alternative_to: str | None = None
     videos_to_frames: str | None = None
     inner_archives: str | None = None
+
+
+    @property
+    def expected_sha256(self) -> str | None:
+        """What the publisher gives of the file's sha256: the whole hash, a prefix, or None."""
+        return self.sha256 or self.sha256_prefix
 
 
 @dataclass(frozen=True)

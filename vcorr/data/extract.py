@@ -191,7 +191,7 @@ def extract(dataset_id: str, downloads: Path, data_dir: Path, force: bool = Fals
             raise VcorrError(entry.where_to_get(downloads))
         raise VcorrError(f"missing {', '.join(map(str, absent))}: run `vcorr data fetch {dataset_id}` first "
                          "(or place the files there by hand)")
-    hashes = {item.name: verify(folder / item.name, item.sha256, archive=item.type == "archive")
+    hashes = {item.name: verify(folder / item.name, item.expected_sha256, archive=item.type == "archive")
               for item in items}
     target = data_dir / entry.id
     if not force and is_extracted(target, hashes):

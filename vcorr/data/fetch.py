@@ -7,7 +7,8 @@ that refuses the file (4xx) fails at once, saying where to place the file by han
 mirror. The file is renamed to its final name only once complete and checked.
 
 What is checked: every archive's structure (`archive_problem`), when downloaded and when first
-found placed by hand; the sha256 against the registry's where the publisher gives one. Every final
+found placed by hand; the sha256 against the registry's where the publisher gives one (the whole
+hash, or the prefix a publisher's file name carries: `matches`). Every final
 file gets a `<file>.sha256` sidecar (sha256sum format) holding its measured hash, which later runs
 check the file against.
 """
@@ -15,6 +16,7 @@ check the file against.
 from __future__ import annotations
 
 import errno
+import hashlib
 import http.client
 import lzma
 import os
@@ -140,6 +142,15 @@ def archive_problem(path: Path, name: str | None = None) -> str | None:
     return _tar_problem(path, name)
 
 
+def matches(digest: str, expected: str) -> bool:
+    """Whether a measured sha256 is the expected one, or begins with the expected prefix."""
+    return digest.startswith(expected.lower())
+
+
+def _registry_hash(expected: str) -> str:
+    return "the registry's sha256" + (" prefix" if len(expected) < len(hashlib.sha256().hexdigest()) else "")
+
+
 def verify(path: Path, expected: str | None, archive: bool = False) -> str:
     """Hash `path` and check it against the registry's hash, else against its recorded sidecar.
 
@@ -150,10 +161,10 @@ def verify(path: Path, expected: str | None, archive: bool = False) -> str:
     digest = sha256_file(path)
     recorded = _recorded_hash(path)
     if expected:
-        source = "the registry's sha256 (config/datasets.yaml)"
+        source = f"{_registry_hash(expected)} (config/datasets.yaml)"
     elif recorded:
         expected, source = recorded, f"the hash recorded in {sidecar(path)}"
-    if expected and digest != expected.lower():
+    if expected and not matches(digest, expected):
         raise VcorrError(
             f"{path}: sha256 {digest} does not match {source} {expected}: the file is corrupt or "
             f"another version; delete it (and {sidecar(path).name}) and fetch it again"
@@ -260,9 +271,9 @@ def download(url: str, target: Path, sha256: str | None, policy: RetryPolicy, ar
                   file=sys.stderr)
             time.sleep(delay)
     digest = sha256_file(part)
-    if sha256 and digest != sha256.lower():
+    if sha256 and not matches(digest, sha256):
         part.unlink()
-        raise _cannot_download(url, target, f"the downloaded file has sha256 {digest}, expected {sha256} "
+        raise _cannot_download(url, target, f"the downloaded file has sha256 {digest}, expected {_registry_hash(sha256)} {sha256} "
                                             "(config/datasets.yaml): refused and deleted, the server or mirror "
                                             "serves a corrupt or different file")
     problem = archive_problem(part, target.name) if archive else None
@@ -307,14 +318,14 @@ def fetch(dataset_id: str, downloads: Path, mirror: str | None = None, policy: R
             continue  # the file it stands in for is here (placed, or fetched above: files go in order)
         target = folder / item.name
         if target.is_file():
-            verify(target, item.sha256, archive=item.type == "archive")
+            verify(target, item.expected_sha256, archive=item.type == "archive")
         elif entry.manual or not item.url:
             if item.required:
                 absent.append(item)
             continue
         else:
             try:
-                download(with_mirror(item.url, mirror), target, item.sha256, policy, archive=item.type == "archive")
+                download(with_mirror(item.url, mirror), target, item.expected_sha256, policy, archive=item.type == "archive")
             except VcorrError as error:
                 if item.required:
                     raise

@@ -14,9 +14,13 @@ from vcorr.config import is_int
 from vcorr.errors import VcorrError
 
 INPUTS = ("imagenet_rgb", "dino_rgb", "lab")
-FUSIONS = (None, "hvc")
+# Late fusions of two encoders' features, `normalize(concat(w * normalize(f_0), normalize(f_1)))`,
+# by the weight w of the first: HVC's infer_vos.py (1.05) and SFC's test_vos.py `--lambd` default
+# (1.75), the fine-grained network first and the MoCo v1 ResNet-50 second in both.
+FUSION_WEIGHTS = {"hvc": 1.05, "sfc": 1.75}
+FUSIONS = (None, *FUSION_WEIGHTS)
 # How many encoders each fusion combines.
-FUSION_ENCODERS = {None: 1, "hvc": 2}
+FUSION_ENCODERS = {None: 1, **{name: 2 for name in FUSION_WEIGHTS}}
 
 
 @dataclass(frozen=True)
@@ -79,14 +83,14 @@ def feature_config(
     if input not in INPUTS:
         raise VcorrError(f"{source}: input '{input}' is not one of {', '.join(INPUTS)}")
     if fusion not in FUSIONS:
-        raise VcorrError(f"{source}: fusion '{fusion}' is not null or hvc")
+        raise VcorrError(f"{source}: fusion '{fusion}' is not null or one of {', '.join(FUSION_WEIGHTS)}")
     if not isinstance(encoders, list) or not encoders:
         raise VcorrError(f"{source}: encoders must be a non-empty list")
     expected = FUSION_ENCODERS[fusion]
     if fusion is not None and len(encoders) != expected:
         raise VcorrError(f"{source}: fusion {fusion} fuses exactly two encoders: needs {expected}, {len(encoders)} given")
     if fusion is None and len(encoders) != expected:
-        raise VcorrError(f"{source}: {len(encoders)} encoders need a fusion (hvc)")
+        raise VcorrError(f"{source}: {len(encoders)} encoders need a fusion ({', '.join(FUSION_WEIGHTS)})")
     parsed = tuple(_encoder_config(encoder, f"{source}: encoders[{index}]") for index, encoder in enumerate(encoders))
     return FeatureConfig(parsed, fusion, input)
 

@@ -7,9 +7,10 @@ torchvision modules (never a rewritten ResNet), so the parameter names stay torc
 
 | name          | seed / use                      | stage strides | stem pool | output | channels | stride |
 |---------------|---------------------------------|---------------|-----------|--------|----------|--------|
-| hvc_r18       | HVC inference                   | 1, 2, 1, (1)  | max       | layer3 | 256      | 8      |
+| hvc_r18       | HVC inference (1)               | 1, 2, 1, (1)  | max       | layer3 | 256      | 8      |
 | hvc_r18_train | HVC training (HVC's init)       | 1, 2, 1, 1    | max       | layer4 | 512      | 8      |
-| moco_r50      | MoCo R50 for HVC's fusion       | 1, 2, 1, (1)  | max       | layer3 | 1024     | 8      |
+| moco_r50      | MoCo R50 for HVC's fusion (2)   | 1, 2, 1, (1)  | max       | layer3 | 1024     | 8      |
+| dul_r18       | DUL's "res4" (dense-ulearn-vos) | 1, 2, 1, 1    | max       | layer4 | 512      | 8      |
 | stt_r18_s8    | Spa-then-Temp R18 "s8"          | 1, 2, 2, (1)  | none      | layer3 | 256      | 8      |
 | stt_r50_s8    | Spa-then-Temp R50 "s8"          | 1, 2, 2, (1)  | none      | layer3 | 1024     | 8      |
 | stt_r18_s4    | Spa-then-Temp R18 "s4"          | 1, 1, 1, (1)  | mean      | layer3 | 256      | 4      |
@@ -17,6 +18,10 @@ torchvision modules (never a rewritten ResNet), so the parameter names stay torc
 | crw_r18       | videowalk (CRW), reflect pad    | 1, 2, 1, (1)  | max       | layer3 | 256      | 8      |
 
 (A stride in brackets belongs to a removed stage; the stem convolution always has stride 2.)
+The same network serves every released model of that shape, whatever trained it: (1) is also
+VFS's ResNet-18 (its test_cfg strides 1, 2, 1, 1, layer3), SFC's fine-grained ResNet-18 and
+videowalk's `imagenet18` baseline (torchvision's weights); (2) is also VFS's ResNet-50, the
+ImageNet-supervised, MoCo v2 and DINO ResNet-50s of the comparison methods (config/methods.yaml).
 
 Vision Transformers (DINO, MAE, MoCo v3, DINOv2, CropMAE) are a sibling registry,
 `vcorr.models.vit.VIT_ENCODERS`, which `build_encoder` consults too.
@@ -91,6 +96,8 @@ ENCODERS: dict[str, EncoderSpec] = {
                     description="HVC training encoder: ResNet-18 layer4, 512-d, stride 8, HVC init"),
         EncoderSpec("moco_r50", 50, (1, 2, 1, 1), "max", "layer3",
                     description="MoCo ResNet-50 layer3 (stride 1), 1024-d, stride 8, for HVC fusion"),
+        EncoderSpec("dul_r18", 18, (1, 2, 1, 1), "max", "layer4",
+                    description="DUL ResNet-18 res4: layer4 (layer3 and layer4 at stride 1), 512-d, stride 8"),
         EncoderSpec("stt_r18_s8", 18, (1, 2, 2, 1), "none", "layer3",
                     description="Spa-then-Temp ResNet-18 s8: strides 1,2,2,1, no stem pool, layer3"),
         EncoderSpec("stt_r50_s8", 50, (1, 2, 2, 1), "none", "layer3",

@@ -13,6 +13,19 @@ Formats (key layouts read from each seed's own saving/loading code):
   HVC's `core/convert_pretrain.py` and read by `make_encoder(model_type="hvc")`): the plain state
   dict with torchvision keys, layer4 included and no `fc`. A `module.` prefix on every key
   (DataParallel) is stripped.
+- `sfc`: SFC's fine-grained correspondence network (`pretrained_fc.pth`, written by its
+  `train.py` `save_model` and read by `make_encoder(model_type="fine-grained")`):
+  `{"model": state, "optimizer", "epoch", "args"}`, the encoder under `online_encoder.` in torchvision
+  names (its `fc` and layer4 ignored as modules the encoder drops); the target encoder, both
+  projectors and the predictor are ignored by design.
+- `dul`: DUL (dense-ulearn-vos) snapshots (`ytvos_e060_res4.pth` ...: its `Checkpoint.checkpoint`
+  `{"model": Framework state, "opt", "score", "epoch"}`, read by `infer_vos.py` after removing
+  `module.` anywhere in a key): the ResNet-18 under `fast_net.backbone.` in torchvision names;
+  the projection `fast_net.emb_q.` is ignored by design.
+- `torchvision`: a torchvision-layout ResNet state dict, bare (torchvision's released
+  `resnet18-f37072fd.pth` ..., as `load_state_dict` reads them) or under `state_dict` (VFS's
+  released `*_k400-<hash>.pth`, as its backbone's `_load_torchvision_checkpoint` reads them);
+  `fc.*` belongs to no encoder here (ignored as a removed module).
 - `moco`: MoCo v1/v2 `{"state_dict": ...}`, encoder under `module.encoder_q.`; the key encoder
   (`module.encoder_k.`), the queue and the projection `fc.*` (v1 linear, v2 `fc.0`/`fc.2`) are
   ignored by design.
@@ -31,6 +44,8 @@ Formats (key layouts read from each seed's own saving/loading code):
   `module.` and `backbone.` anywhere in a key (`str.replace`), so the teacher's `backbone.*` (a
   ViT teacher is not DDP-wrapped) and the student's `module.backbone.*` both map; the projection
   head `head.*` (DINOHead) is ignored by design. `dino_student`: the same file's `student`.
+  The loader is the same for any architecture: DINO's ResNet-50 files (`dino_resnet50_pretrain.pth`,
+  a torchvision state dict without `fc`) load into a ResNet-50 encoder with this format.
 - `mae`: MAE's and CropMAE's `{"model": state, ...}` (MAE's released `mae_pretrain_vit_base.pth`:
   the encoder; CropMAE's training checkpoints: the whole Siamese MAE): encoder keys by name;
   the decoder (`decoder_*`) and `mask_token` are ignored by design.
@@ -72,7 +87,9 @@ from vcorr.errors import VcorrError
 from vcorr.models.encoders import ResNetEncoder
 from vcorr.models.vit import VisionTransformer
 
-FORMATS = ("hvc", "moco", "stt", "crw", "dino", "dino_student", "mae", "mocov3", "dinov2", "vcorr")
+FORMATS = (
+    "hvc", "sfc", "dul", "torchvision", "moco", "stt", "crw", "dino", "dino_student", "mae", "mocov3", "dinov2", "vcorr",
+)
 VCORR_FORMAT_TAG = "vcorr-encoder"
 VCORR_FORMAT_VERSION = 1
 
@@ -109,15 +126,39 @@ def _strip(key: str, prefix: str) -> str | None:
     return key[len(prefix):] if key.startswith(prefix) else None
 
 
-_HVC_TRAINING_ONLY = ("target_encoder", "online_space_projector", "target_space_projector", "space_predictor", "flow")
+def _online_encoder_rule(training_only: tuple[str, ...], reason: str) -> KeyRule:
+    """The rule of a BYOL-style training checkpoint (HVC's, SFC's): the encoder under
+    `online_encoder.`, the listed top-level modules ignored by design."""
+
+    def rule(key: str) -> tuple[str, str]:
+        name = _strip(key, "online_encoder.")
+        if name is not None:
+            return "load", name
+        if key.split(".", 1)[0] in training_only:
+            return "ignore", reason
+        return "unexpected", ""
+
+    return rule
 
 
-def _rule_hvc_training(key: str) -> tuple[str, str]:
-    name = _strip(key, "online_encoder.")
-    if name is not None:
-        return "load", name
-    if key.split(".", 1)[0] in _HVC_TRAINING_ONLY:
-        return "ignore", "HVC training-only module (target network, projectors, predictor, flow head)"
+_rule_hvc_training = _online_encoder_rule(
+    ("target_encoder", "online_space_projector", "target_space_projector", "space_predictor", "flow"),
+    "HVC training-only module (target network, projectors, predictor, flow head)",
+)
+_rule_sfc = _online_encoder_rule(
+    ("target_encoder", "online_projector", "target_projector", "predictor"),
+    "SFC training-only module (target network, projectors, predictor)",
+)
+
+
+def _rule_dul(key: str) -> tuple[str, str]:
+    # infer_vos.py's convert_dict removes `module.` anywhere (DataParallel-wrapped submodules).
+    name = key.replace("module.", "")
+    backbone = _strip(name, "fast_net.backbone.")
+    if backbone is not None:
+        return "load", backbone
+    if name.startswith("fast_net.emb_q."):
+        return "ignore", "DUL projection head (emb_q)"
     return "unexpected", ""
 
 
@@ -206,6 +247,8 @@ def _rule_dinov2(key: str) -> tuple[str, str]:
 
 # Formats whose state dict is one entry of the checkpoint: (entry, key rule).
 _ENTRY_FORMATS: dict[str, tuple[str, KeyRule]] = {
+    "sfc": ("model", _rule_sfc),
+    "dul": ("model", _rule_dul),
     "moco": ("state_dict", _rule_moco),
     "stt": ("state_dict", _rule_stt),
     "crw": ("model", _rule_crw),
@@ -268,6 +311,11 @@ def _select(checkpoint: Any, format: str, source: str, report: LoadReport) -> tu
         if "model" in container:
             return _strip_data_parallel(entry("model")), _rule_hvc_training
         return _strip_data_parallel(_tensor_dict(container, source, "the file")), _rule_plain
+    if format == "torchvision":
+        # VFS's loader takes `state_dict` when the file has one, else the file itself.
+        if "state_dict" in container:
+            return entry("state_dict"), _rule_plain
+        return _tensor_dict(container, source, "the file"), _rule_plain
     if format in _ENTRY_FORMATS:
         name, rule = _ENTRY_FORMATS[format]
         return entry(name), rule

@@ -3,23 +3,23 @@
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from vcorr.errors import VcorrError
 from vcorr.evaluation.cross_protocol import Cell
-from vcorr.io import atomic_file
-from vcorr.report.results import SUMMARY_FIXED, SUMMARY_TAIL, summary_rows
+from vcorr.report.results import SUMMARY_FIXED, SUMMARY_TAIL, summary_rows, write_table
 
 # The table's columns beyond the summary's that describe a cell rather than measure it.
 CELL_COLUMNS = ("protocol", "settings", "note")
 
 
-def write_cross_protocol_table(cells: Sequence[Cell], result_files: Sequence[Path], out: Path) -> int:
-    """The table: one row per cell, scores from the result JSON of its evaluated method (`vcorr
-    report result`), an empty score and the reason for a cell that cannot be evaluated. A cell
-    whose result is not among `result_files`, or a result no cell asks for, is an error."""
+def cell_rows(cells: Sequence[Cell], result_files: Sequence[Path], out: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """One row per cell (benchmark, method, protocol, settings, status, the scores and `result` of
+    its evaluated method's result JSON, or the reason it is not evaluated in `note`) and the metric
+    columns in order of appearance. A cell whose result is not among `result_files`, or a result no
+    cell asks for, is an error."""
     _, rows = summary_rows(result_files)
     by_pair = {(row["benchmark"], row["method"]): row for row in rows}
     wanted = {(cell.benchmark, cell.evaluated_as) for cell in cells if cell.evaluated_as}
@@ -39,10 +39,12 @@ def write_cross_protocol_table(cells: Sequence[Cell], result_files: Sequence[Pat
             row.update({key: value for key, value in found.items() if key not in ("benchmark", "method")})
             metrics += [key for key in found if key not in (*SUMMARY_FIXED, *SUMMARY_TAIL, *metrics)]
         table.append(row)
+    return table, metrics
+
+
+def write_cross_protocol_table(cells: Sequence[Cell], result_files: Sequence[Path], out: Path) -> int:
+    """The table: one row per cell, scores from the result JSON of its evaluated method (`vcorr
+    report result`), an empty score and the reason for a cell that cannot be evaluated."""
+    table, metrics = cell_rows(cells, result_files, out)
     columns = ["benchmark", "method", *CELL_COLUMNS[:2], "status", *metrics, "result", CELL_COLUMNS[2]]
-    with atomic_file(out) as temporary:
-        with open(temporary, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=columns, restval="", extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(table)
-    return len(table)
+    return write_table(out, columns, table)

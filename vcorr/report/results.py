@@ -23,6 +23,9 @@ from vcorr.evaluation.scoring import HEADLINES
 from vcorr.io import atomic_file, sha256_file, write_json
 from vcorr.provenance import git_state, package_version
 
+# Each scorer's headlines times this are in percent, as papers print them (DAVIS's scorer, like
+# the official one, gives fractions; PCK and mIoU are percentages already).
+PERCENT: dict[str, float] = {"davis": 100.0, "jhmdb": 1.0, "vip": 1.0}
 SUMMARY_FIXED = ("benchmark", "method", "status")
 SUMMARY_TAIL = ("archive", "upload_to", "result", "note")
 
@@ -189,14 +192,19 @@ def summary_rows(result_files: Sequence[Path]) -> tuple[list[str], list[dict[str
     return [*SUMMARY_FIXED, *metric_columns, *SUMMARY_TAIL], rows
 
 
-def write_summary(result_files: Sequence[Path], out: Path) -> int:
-    columns, rows = summary_rows(result_files)
+def write_table(out: Path, columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> int:
+    """`rows` as a CSV of `columns` (absent values empty, other keys left out), atomically."""
     with atomic_file(out) as temporary:
         with open(temporary, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=columns, restval="")
+            writer = csv.DictWriter(handle, fieldnames=list(columns), restval="", extrasaction="ignore")
             writer.writeheader()
             writer.writerows(rows)
     return len(rows)
+
+
+def write_summary(result_files: Sequence[Path], out: Path) -> int:
+    columns, rows = summary_rows(result_files)
+    return write_table(out, columns, rows)
 
 
 def crosscheck_davis(

@@ -95,6 +95,11 @@ def protocol_variants():
 # What a rule's {method} may name: a method of methods.yaml or one of its protocol variants.
 EVALUATED = {**METHODS, **protocol_variants()}
 
+# What the methods' authors published and the tables beside it (results/tables/<table>.csv); a
+# registry folder without published.yaml has no tables and no released masks.
+PUBLISHED = read_registry("published", optional=True)
+TABLES = PUBLISHED.get("tables") or {}
+
 
 def check_references():
     """Names a method takes from the other registries (a benchmark's dataset is checked when
@@ -140,6 +145,24 @@ def check_references():
 
 
 check_references()
+
+
+def check_published():
+    from vcorr.errors import VcorrError
+    from vcorr.report.published import check_published
+
+    if PUBLISHED:
+        try:
+            check_published(PUBLISHED, METHODS, BENCHMARKS, DATASETS, str(REGISTRY_DIR / "published.yaml"))
+        except VcorrError as error:
+            raise WorkflowError(str(error))
+    unknown = [name for name in config["report"]["tables"] if name not in TABLES]
+    if unknown:
+        raise WorkflowError(f"config report.tables: unknown table '{unknown[0]}' (tables of "
+                            f"{REGISTRY_DIR / 'published.yaml'}: {', '.join(TABLES) or 'none'})")
+
+
+check_published()
 
 
 def check_parameter_overrides():
@@ -195,6 +218,7 @@ wildcard_constraints:
     benchmark=one_of(BENCHMARKS),
     method=one_of(EVALUATED),
     model=one_of(MODELS) or "(?!)",
+    table=one_of(TABLES) or "(?!)",
     dataset=one_of(DOWNLOADED_DATASETS),
     part=r"all|shard-\d+-of-\d+",
 
@@ -281,14 +305,14 @@ def unknown_target_regex():
     known = f"(?:{one_of(BENCHMARKS)})/(?:{one_of(EVALUATED)})"
     name = r"[^/]+"
     return "|".join([
-        rf"(?!(?:{one_of(reserved)})/)(?!{known}\.(?:json|zip)$){name}/{name}\.(?:json|zip)",
+        rf"(?!(?:{one_of(reserved)})/)(?!{known}\.(?:json|zip|agreement\.json)$){name}/{name}\.(?:json|zip)",
         rf"(?:scores|crosscheck)/(?!{known}\.json$){name}/{name}\.json",
         rf"predictions/(?!{known}/){name}/{name}/{name}",
     ])
 
 
 def refuse_unknown_target(wildcards):
-    parts = Path(wildcards.target).with_suffix("").parts
+    parts = Path(wildcards.target.removesuffix(".agreement.json")).with_suffix("").parts
     benchmark, method = parts[-2:] if parts[0] not in ("scores", "crosscheck", "predictions") else parts[1:3]
     raise WorkflowError(f"results/{wildcards.target}: {unsupported_pair(benchmark, method)}")
 
@@ -304,9 +328,52 @@ def all_targets():
         ]
     if config["report"]["cross_protocol"]:
         targets.append("results/cross_protocol.csv")
+    targets += [f"results/tables/{name}.csv" for name in config["report"]["tables"]]
     if config["report"]["page"]:
         targets.append("results/report.html")
     return targets
+
+
+# --- published numbers: tables and the authors' masks (rules/report.smk) ---------------------
+
+
+@functools.cache
+def table_cells(table):
+    """The rows of a table of published.yaml (vcorr.report.published; `vcorr report table` builds
+    the same list from the same registries)."""
+    from vcorr.report.published import table_cells
+
+    return table_cells(table, PUBLISHED, METHODS, PROTOCOLS, BENCHMARKS)
+
+
+def table_results(wildcards):
+    """The result of every evaluated row: an input, so the table waits for (and plans) them all."""
+    return sorted({f"results/{cell.benchmark}/{cell.evaluated_as}.json" for cell in table_cells(wildcards.table) if cell.evaluated_as})
+
+
+def table_heading(path):
+    """`<title>=<path>` of a published.yaml table's CSV: its `--table` on the report page."""
+    return f"{TABLES[Path(path).stem]['title']}={path}"
+
+
+def released_masks(benchmark, method):
+    """The folder of the authors' masks of (method, benchmark): published.yaml `masks`, under the
+    unpacked download of its datasets.yaml entry."""
+    from vcorr.errors import VcorrError
+    from vcorr.report.published import masks_entry
+
+    try:
+        entry = masks_entry(PUBLISHED, method, benchmark)
+    except VcorrError as error:
+        raise WorkflowError(f"results/{benchmark}/{method}.agreement.json: {error}")
+    return entry["id"], os.path.normpath(f"resources/data/{entry['id']}/{entry['root']}")
+
+
+def agreement_inputs(wildcards):
+    method_settings(wildcards.benchmark, wildcards.method)
+    masks_id, _ = released_masks(wildcards.benchmark, wildcards.method)
+    return {**benchmark_data(wildcards), "predictions": f"results/predictions/{wildcards.benchmark}/{wildcards.method}/all",
+            "masks": f"resources/data/{masks_id}"}
 
 
 # --- data ------------------------------------------------------------------------------------
@@ -542,6 +609,14 @@ def scoring_code(scorer):
     from vcorr.evaluation.scoring import scoring_code_digest
 
     return scoring_code_digest(scorer)
+
+
+@functools.cache
+def agreement_code():
+    """The agreement's code and the DAVIS scorer it runs: a change of either reruns the agreements."""
+    from vcorr.provenance import code_digest
+
+    return code_digest("vcorr.report.agreement:agreement_report")
 
 
 @functools.cache

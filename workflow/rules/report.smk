@@ -72,6 +72,50 @@ rule cross_protocol:
         " --out {output} > {log} 2>&1"
 
 
+# A table of config/published.yaml: every row's result (propagated, scored) beside the published
+# numbers; editing published.yaml rebuilds it.
+rule table:
+    input:
+        results=table_results,
+        published=str(REGISTRY_DIR / "published.yaml"),
+    output:
+        report("results/tables/{table}.csv", caption="../report/table.rst", category="Summary"),
+    log:
+        "logs/tables/{table}.log",
+    resources:
+        **job_resources("report"),
+    localrule: True
+    conda:
+        "../../envs/vcorr.yaml"
+    shell:
+        "vcorr report table {wildcards.table} {input.results} --out {output} > {log} 2>&1"
+
+
+# vcorr's predictions of a released model against the masks its authors released
+# (published.yaml `masks`), frame by frame, and both J&F by vcorr's scorer.
+rule agreement:
+    input:
+        unpack(agreement_inputs),
+    output:
+        report("results/{benchmark}/{method}.agreement.json", caption="../report/agreement.rst", category="Agreement"),
+    params:
+        root=lambda wildcards: data_root(wildcards.benchmark),
+        masks=lambda wildcards: released_masks(wildcards.benchmark, wildcards.method)[1],
+        code=lambda wildcards: agreement_code(),
+    wildcard_constraints:
+        benchmark=one_of(benchmarks_scored_by("davis")),
+    log:
+        "logs/agreement/{benchmark}/{method}.log",
+    threads: job_resources("score")["cpus_per_task"]
+    resources:
+        **job_resources("score"),
+    conda:
+        "../../envs/vcorr.yaml"
+    shell:
+        "vcorr report agreement --benchmark {wildcards.benchmark} --method {wildcards.method} --data-root {params.root}"
+        " --predictions {input.predictions} --masks {params.masks} --jobs {threads} --out {output} > {log} 2>&1"
+
+
 # --- the report page (config report.page): tables, score chart, training curves, overlays ----
 
 rule score_chart:
@@ -131,13 +175,17 @@ rule report_page:
     input:
         summary="results/summary.csv",
         cross_protocol=["results/cross_protocol.csv"] if config["report"]["cross_protocol"] else [],
+        published=[f"results/tables/{name}.csv" for name in config["report"]["tables"]],
         scores="results/report/scores.png",
         losses=["results/report/losses.png"] if trained_models_read() else [],
         overlays=overlay_files(),
     output:
         report("results/report.html", caption="../report/page.rst", category="Summary"),
     params:
-        tables=lambda wildcards, input: " ".join(f"--table Cross-protocol={path}" for path in input.cross_protocol),
+        tables=lambda wildcards, input: " ".join(
+            [f"--table Cross-protocol={path}" for path in input.cross_protocol]
+            + [f"--table {shlex.quote(table_heading(path))}" for path in input.published]
+        ),
         images=lambda wildcards, input: " ".join(
             f"--images {shlex.quote('='.join((heading, ','.join(files))))}"
             for heading, files in (
