@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from workflow_fixtures import TRAINED, fresh_checkout, load_builder, make_tiny_workspace, serve
+from workflow_fixtures import REPORTED, TRAINED, fresh_checkout, load_builder, make_tiny_workspace, serve
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_TESTDATA = REPO_ROOT.parent / "shared" / "testdata"
@@ -45,9 +45,10 @@ def tiny_checkout(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, tiny_mirror, tiny_checkout):
-    """The tiny configuration run once from scratch: `all`, the trained models' results and the
-    cross-protocol table. (workspace, the run's output); tests only read it (or dry-run it)."""
+    """The tiny configuration run once from scratch: `all`, the trained models' results, the
+    cross-protocol table and the report's figures. (workspace, the run's output); tests only read it
+    (or dry-run it)."""
     mirror, url = tiny_mirror
     workspace = make_tiny_workspace(tmp_path_factory.mktemp("tiny"), mirror, url, tiny_checkout)
-    done = workspace.run("--cores", "2", "all", *TRAINED, "results/cross_protocol.csv")
+    done = workspace.run("--cores", "2", "all", *TRAINED, "results/cross_protocol.csv", *REPORTED)
     return workspace, done

@@ -5,7 +5,9 @@
 
 
 # One fetch rule per registry entry: an entry's output files are known only from the registry,
-# and one job must fetch all of an entry's files (never two jobs writing the same folder).
+# and one job must fetch all of an entry's files (never two jobs writing the same folder). A file
+# whose sha256 the registry gives is also checked by Snakemake (ensure): a mismatch fails the job
+# and removes the file, and `retries` fetches it again (a transfer vcorr's own resume let through).
 for _entry in DATASETS:
     if not download_files(_entry):
         continue
@@ -14,11 +16,12 @@ for _entry in DATASETS:
         name:
             f"fetch_{_entry}"
         output:
-            download_files(_entry),
+            verified_downloads(_entry),
         params:
             entry=_entry,
         log:
             f"logs/fetch/{_entry}.log",
+        retries: FETCH_RETRIES
         localrule: True
         conda:
             "../../envs/vcorr.yaml"

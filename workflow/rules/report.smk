@@ -14,6 +14,7 @@ rule result:
             caption="../report/result.rst",
             category="Results",
             subcategory="{benchmark}",
+            labels=result_labels,
         ),
     params:
         overrides=lambda wildcards: parameter_overrides(wildcards.benchmark),
@@ -38,7 +39,9 @@ rule summary:
     input:
         [f"results/{benchmark}/{method}.json" for benchmark, method in requested_pairs()],
     output:
-        report("results/summary.csv", caption="../report/summary.rst", category="Summary"),
+        report(
+            "results/summary.csv", caption="../report/summary.rst", category="Summary", labels={"table": "summary"}
+        ),
     log:
         "logs/summary.log",
     resources:
@@ -56,7 +59,12 @@ rule cross_protocol:
     input:
         sorted({f"results/{cell.benchmark}/{cell.evaluated_as}.json" for cell in cross_protocol_cells() if cell.evaluated_as}),
     output:
-        report("results/cross_protocol.csv", caption="../report/cross_protocol.rst", category="Summary"),
+        report(
+            "results/cross_protocol.csv",
+            caption="../report/cross_protocol.rst",
+            category="Summary",
+            labels={"table": "cross-protocol"},
+        ),
     params:
         methods=" ".join(cross_protocol_methods()),
         benchmarks=" ".join(cross_protocol_benchmarks()),
@@ -79,7 +87,7 @@ rule score_chart:
         # With the cross-protocol table: a hatch per protocol for every method.
         "results/cross_protocol.csv" if config["report"]["cross_protocol"] else "results/summary.csv",
     output:
-        "results/report/scores.png",
+        report("results/report/scores.png", caption="../report/scores.rst", category="Summary", labels={"table": "chart"}),
     log:
         "logs/report/scores.log",
     localrule: True
@@ -89,24 +97,27 @@ rule score_chart:
         "vcorr report figures scores {input} --out {output} > {log} 2>&1"
 
 
+# One figure per trained model: its metrics.csv (in the work dir, not an output; the exported
+# model is written after it), loss terms and every other logged term against the step.
 rule loss_curves:
     input:
-        [MODEL_FILE.format(model=model) for model in trained_models_read()],
+        MODEL_FILE,
     output:
-        "results/report/losses.png",
-    params:
-        # metrics.csv lives in the work dir (not an output); the exported model is written after it.
-        stages=lambda wildcards: " ".join(
-            f"{model}={training_workdir(SimpleNamespace(model=model))}/metrics.csv"
-            for model in trained_models_read()
+        report(
+            TRAINING_CURVES,
+            caption="../report/training.rst",
+            category="Training",
+            labels=lambda wildcards: {"model": wildcards.model, "training": MODELS[wildcards.model]["method"]},
         ),
+    params:
+        metrics=lambda wildcards: f"{training_workdir(wildcards)}/metrics.csv",
     log:
-        "logs/report/losses.log",
+        "logs/report/training/{model}.log",
     localrule: True
     conda:
         "../../envs/vcorr.yaml"
     shell:
-        "vcorr report figures losses {params.stages} --out {output} > {log} 2>&1"
+        "vcorr report figures losses {wildcards.model}={params.metrics} --out {output} > {log} 2>&1"
 
 
 rule overlay:
@@ -114,7 +125,13 @@ rule overlay:
         unpack(benchmark_data),
         predictions="results/predictions/{benchmark}/{method}/all",
     output:
-        "results/report/overlays/{benchmark}/{method}/{sequence}.png",
+        report(
+            OVERLAY_FILE,
+            caption="../report/overlay.rst",
+            category="Overlays",
+            subcategory="{benchmark}",
+            labels=lambda wildcards: {**result_labels(wildcards), "sequence": wildcards.sequence},
+        ),
     params:
         root=lambda wildcards: data_root(wildcards.benchmark),
     log:
@@ -132,10 +149,10 @@ rule report_page:
         summary="results/summary.csv",
         cross_protocol=["results/cross_protocol.csv"] if config["report"]["cross_protocol"] else [],
         scores="results/report/scores.png",
-        losses=["results/report/losses.png"] if trained_models_read() else [],
+        losses=[TRAINING_CURVES.format(model=model) for model in trained_models_read()],
         overlays=overlay_files(),
     output:
-        report("results/report.html", caption="../report/page.rst", category="Summary"),
+        report("results/report.html", caption="../report/page.rst", category="Summary", labels={"table": "page"}),
     params:
         tables=lambda wildcards, input: " ".join(f"--table Cross-protocol={path}" for path in input.cross_protocol),
         images=lambda wildcards, input: " ".join(
@@ -147,11 +164,14 @@ rule report_page:
             )
             if files
         ),
+        # What the page says beside the tables and figures (vcorr.report.captions).
+        words=page_words,
     log:
         "logs/report/page.log",
     localrule: True
     conda:
         "../../envs/vcorr.yaml"
     shell:
-        "vcorr report page --table Summary={input.summary} {params.tables} {params.images} --title 'vcorr report'"
+        "vcorr report page --table Summary={input.summary} {params.tables} {params.images} {params.words}"
+        " --title 'vcorr report'"
         " --out {output} > {log} 2>&1"
