@@ -51,15 +51,19 @@ if VCORR_PACKAGE_ROOT:
 try:
     import vcorr
 except ImportError:
-    raise WorkflowError("the vcorr package is not installed: python3 -m pip install \"vcorr[workflow]\" from the "
-                        "release of this workflow (README: Deploying the workflow as a module)")
+    raise WorkflowError(
+        'the vcorr package is not installed: python3 -m pip install "vcorr[workflow]" from the '
+        "release of this workflow (README: Deploying the workflow as a module)"
+    )
 if VCORR_PACKAGE_ROOT is None:
     import tomllib
 
     _release = tomllib.loads(source_file("pyproject.toml").read_text())["project"]["version"]
     if vcorr.__version__ != _release:
-        raise WorkflowError(f"the workflow is vcorr {_release}, the installed vcorr package is {vcorr.__version__}: "
-                            "install the package of the workflow's release")
+        raise WorkflowError(
+            f"the workflow is vcorr {_release}, the installed vcorr package is {vcorr.__version__}: "
+            "install the package of the workflow's release"
+        )
 
 from vcorr.config import find_config_file, load_yaml_text, schema_error, with_exponent_floats
 
@@ -90,8 +94,10 @@ def registry_folders():
     own = SOURCE_ROOT / "config" if SOURCE_ROOT else source_file("config/datasets.yaml").parent
     named = project_path(config["registries"] or "config")
     if named is None and config["registries"]:
-        raise WorkflowError(f"config registries: {config['registries']}: no such folder in the working directory "
-                            f"{os.getcwd()} or in the workflow's source")
+        raise WorkflowError(
+            f"config registries: {config['registries']}: no such folder in the working directory "
+            f"{os.getcwd()} or in the workflow's source"
+        )
     return list(dict.fromkeys(folder.resolve() for folder in (named, own) if folder is not None and folder.is_dir()))
 
 
@@ -115,8 +121,10 @@ def read_registry(name, optional=False):
     if path is None and optional:
         return {}
     if path is None:
-        raise WorkflowError(f"{name}.yaml: registry missing (looked in {', '.join(map(str, REGISTRY_FOLDERS))}; "
-                            f"config key `registries`: {config['registries']})")
+        raise WorkflowError(
+            f"{name}.yaml: registry missing (looked in {', '.join(map(str, REGISTRY_FOLDERS))}; "
+            f"config key `registries`: {config['registries']})"
+        )
     try:
         data = load_yaml_text(path.read_text()) or {}
     except yaml.YAMLError as error:
@@ -146,6 +154,7 @@ def model_of_file(path):
     found = re.fullmatch(re.escape(MODEL_FILE).replace(re.escape("{model}"), "(.+)"), path or "")
     return found[1] if found else None
 
+
 # The cross-protocol table's references; no variants when no registry folder holds protocols.yaml.
 PROTOCOLS = read_registry("protocols", optional=True)
 
@@ -173,15 +182,21 @@ def check_references():
     for name, entry in METHODS.items():
         for benchmark in entry["benchmarks"]:
             if benchmark not in BENCHMARKS:
-                raise WorkflowError(f"{registry_file('methods.yaml')}: {name}.benchmarks.{benchmark}: not a benchmark of benchmarks.yaml")
+                raise WorkflowError(
+                    f"{registry_file('methods.yaml')}: {name}.benchmarks.{benchmark}: not a benchmark of benchmarks.yaml"
+                )
         for index, encoder in enumerate(entry["encoders"]):
             weights_id = (encoder.get("weights") or {}).get("id")
             if weights_id is not None and weights_id not in DATASETS:
-                raise WorkflowError(f"{registry_file('methods.yaml')}: {name}.encoders.{index}.weights.id: '{weights_id}' is not in datasets.yaml")
+                raise WorkflowError(
+                    f"{registry_file('methods.yaml')}: {name}.encoders.{index}.weights.id: '{weights_id}' is not in datasets.yaml"
+                )
             trained = model_of_file((encoder.get("weights") or {}).get("path"))
             if trained and trained not in MODELS:
-                raise WorkflowError(f"{registry_file('methods.yaml')}: {name}.encoders.{index}.weights.path: "
-                                    f"'{trained}' is not a model of models.yaml")
+                raise WorkflowError(
+                    f"{registry_file('methods.yaml')}: {name}.encoders.{index}.weights.path: "
+                    f"'{trained}' is not a model of models.yaml"
+                )
     where = registry_file("models.yaml")
     for name, entry in MODELS.items():
         dataset_id, split = entry["data"]["dataset"], entry["data"]["split"]
@@ -189,14 +204,20 @@ def check_references():
             raise WorkflowError(f"{where}: {name}.data.dataset: '{dataset_id}' is not in datasets.yaml")
         splits = list(DATASETS[dataset_id].get("index") or {})
         if splits != [split]:
-            raise WorkflowError(f"{where}: {name}.data.split: '{split}': resources/index/{dataset_id}.csv indexes "
-                                f"{', '.join(splits) or 'nothing'} (vcorr train reads every row: one split, that one)")
+            raise WorkflowError(
+                f"{where}: {name}.data.split: '{split}': resources/index/{dataset_id}.csv indexes "
+                f"{', '.join(splits) or 'nothing'} (vcorr train reads every row: one split, that one)"
+            )
         if training_config(name) is None:
-            raise WorkflowError(f"{where}: {name}.config: {entry['config']} is neither in the working directory "
-                                "nor in the workflow's source")
+            raise WorkflowError(
+                f"{where}: {name}.config: {entry['config']} is neither in the working directory "
+                "nor in the workflow's source"
+            )
         for key, source in (entry.get("weights") or {}).items():
             if source.get("model") not in (None, *MODELS) or source.get("model") == name:
-                raise WorkflowError(f"{where}: {name}.weights.{key}.model: '{source['model']}' is not another model of models.yaml")
+                raise WorkflowError(
+                    f"{where}: {name}.weights.{key}.model: '{source['model']}' is not another model of models.yaml"
+                )
             if "id" in source and source["id"] not in DATASETS:
                 raise WorkflowError(f"{where}: {name}.weights.{key}.id: '{source['id']}' is not in datasets.yaml")
 
@@ -204,7 +225,9 @@ def check_references():
         for source in (MODELS[chain[-1]].get("weights") or {}).values():
             if "model" in source:
                 if source["model"] in chain:
-                    raise WorkflowError(f"{where}: {chain[0]} starts from itself ({' -> '.join(chain + [source['model']])})")
+                    raise WorkflowError(
+                        f"{where}: {chain[0]} starts from itself ({' -> '.join(chain + [source['model']])})"
+                    )
                 follow(chain + [source["model"]])
 
     for name in MODELS:
@@ -225,7 +248,9 @@ def check_parameter_overrides():
     for benchmark, overrides in config["propagation"]["set"].items():
         key = f"config propagation.set.{benchmark}"
         if benchmark not in BENCHMARKS:
-            raise WorkflowError(f"{key}: unknown benchmark '{benchmark}' (benchmarks of {registry_file('benchmarks.yaml')}: {', '.join(BENCHMARKS)})")
+            raise WorkflowError(
+                f"{key}: unknown benchmark '{benchmark}' (benchmarks of {registry_file('benchmarks.yaml')}: {', '.join(BENCHMARKS)})"
+            )
         known = {"size", *(name for params in PROTOCOL_PARAMS.values() for name in params)}
         unknown = sorted(set(overrides) - known)
         if unknown:
@@ -236,11 +261,16 @@ def check_parameter_overrides():
                 continue
             try:
                 resolve_settings(
-                    method["protocol"], method["benchmarks"][benchmark], overrides,
-                    where=key, origin=f"{key}.", applied=f"{key}: {json.dumps(overrides)}",
+                    method["protocol"],
+                    method["benchmarks"][benchmark],
+                    overrides,
+                    where=key,
+                    origin=f"{key}.",
+                    applied=f"{key}: {json.dumps(overrides)}",
                 )
             except VcorrError as error:
                 raise WorkflowError(f"{error} [method {name}, protocol {method['protocol']}]")
+
 
 # Datasets with a folder of their own: unpacked from their archives, or written by their builder
 # (`built_by`, no download); a derived set such as davis16 reuses another's folder.
@@ -351,11 +381,13 @@ def unknown_target_regex():
                 reserved.add(parts[1])
     known = f"(?:{one_of(BENCHMARKS)})/(?:{one_of(EVALUATED)})"
     name = r"[^/]+"
-    return "|".join([
-        rf"(?!(?:{one_of(reserved)})/)(?!{known}\.(?:json|zip)$){name}/{name}\.(?:json|zip)",
-        rf"(?:scores|crosscheck)/(?!{known}\.json$){name}/{name}\.json",
-        rf"predictions/(?!{known}/){name}/{name}/{name}",
-    ])
+    return "|".join(
+        [
+            rf"(?!(?:{one_of(reserved)})/)(?!{known}\.(?:json|zip)$){name}/{name}\.(?:json|zip)",
+            rf"(?:scores|crosscheck)/(?!{known}\.json$){name}/{name}\.json",
+            rf"predictions/(?!{known}/){name}/{name}/{name}",
+        ]
+    )
 
 
 def refuse_unknown_target(wildcards):
@@ -714,7 +746,7 @@ shell.prefix(
     f"export VCORR_CONFIG_DIR={shlex.quote(os.pathsep.join(map(str, REGISTRY_FOLDERS)))}; "
     + (
         f"export PATH={shlex.quote(str(VCORR_PACKAGE_ROOT / 'workflow' / 'scripts'))}:\"$PATH\"; "
-        f"export PYTHONPATH={shlex.quote(str(VCORR_PACKAGE_ROOT))}\"${{{{PYTHONPATH:+:$PYTHONPATH}}}}\"; "
+        f'export PYTHONPATH={shlex.quote(str(VCORR_PACKAGE_ROOT))}"${{{{PYTHONPATH:+:$PYTHONPATH}}}}"; '
         if VCORR_PACKAGE_ROOT
         else ""
     )
@@ -767,7 +799,9 @@ def page_words(wildcards, input):
         settings = json.loads(training_settings(model))["config"]
         described[TRAINING_CURVES.format(model=model)] = captions.training_caption(model, MODELS[model], settings)
     for entry in config["report"]["overlays"]:
-        described[OVERLAY_FILE.format(**entry)] = captions.overlay_caption(entry["benchmark"], entry["method"], entry["sequence"])
+        described[OVERLAY_FILE.format(**entry)] = captions.overlay_caption(
+            entry["benchmark"], entry["method"], entry["sequence"]
+        )
     arguments = [f"--note {shlex.quote(note)}" for note in notes]
     arguments += [f"--caption {shlex.quote(f'{path}={text}')}" for path, text in described.items()]
     return " ".join(arguments)

@@ -17,14 +17,14 @@ for _entry in DATASETS:
             f"fetch_{_entry}"
         output:
             verified_downloads(_entry),
-        params:
-            entry=_entry,
         log:
             f"logs/fetch/{_entry}.log",
         retries: FETCH_RETRIES
         localrule: True
         conda:
             "../../envs/vcorr.yaml"
+        params:
+            entry=_entry,
         shell:
             "vcorr data fetch {params.entry} --dest resources/downloads > {log} 2>&1"
 
@@ -34,21 +34,20 @@ rule extract:
         lambda wildcards: download_files(wildcards.dataset),
     output:
         directory("resources/data/{dataset}"),
-    params:
-        # A built set's settings (datasets.yaml `build`): changing one rebuilds it.
-        build=lambda wildcards: json.dumps(DATASETS[wildcards.dataset].get("build", {}), sort_keys=True),
     log:
         "logs/extract/{dataset}.log",
     benchmark:
         "logs/benchmarks/extract/{dataset}.tsv"
+    conda:
+        "../../envs/vcorr.yaml"
     threads: job_resources("extract")["cpus_per_task"]
     resources:
         **job_resources("extract"),
-    conda:
-        "../../envs/vcorr.yaml"
+    params:
+        # A built set's settings (datasets.yaml `build`): changing one rebuilds it.
+        build=lambda wildcards: json.dumps(DATASETS[wildcards.dataset].get("build", {}), sort_keys=True),
     shell:
-        "vcorr data extract {wildcards.dataset} --downloads resources/downloads --dest resources/data"
-        " > {log} 2>&1"
+        "vcorr data extract {wildcards.dataset} --downloads resources/downloads --dest resources/data" " > {log} 2>&1"
 
 
 rule index:

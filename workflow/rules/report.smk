@@ -16,18 +16,18 @@ rule result:
             subcategory="{benchmark}",
             labels=result_labels,
         ),
+    log:
+        "logs/result/{benchmark}/{method}.log",
+    localrule: True
+    conda:
+        "../../envs/vcorr.yaml"
+    resources:
+        **job_resources("report"),
     params:
         overrides=lambda wildcards: parameter_overrides(wildcards.benchmark),
         # A change of the code that trains a model this method reads re-flags the result (it
         # names models trained by other code; retraining stays `--forcerun train`).
         training_code=lambda wildcards: models_training_code(wildcards.method),
-    log:
-        "logs/result/{benchmark}/{method}.log",
-    resources:
-        **job_resources("report"),
-    localrule: True
-    conda:
-        "../../envs/vcorr.yaml"
     shell:
         "vcorr report result --benchmark {wildcards.benchmark} --method {wildcards.method}"
         " --evaluation {input.evaluation} --weights {input.weights}"
@@ -39,16 +39,14 @@ rule summary:
     input:
         [f"results/{benchmark}/{method}.json" for benchmark, method in requested_pairs()],
     output:
-        report(
-            "results/summary.csv", caption="../report/summary.rst", category="Summary", labels={"table": "summary"}
-        ),
+        report("results/summary.csv", caption="../report/summary.rst", category="Summary", labels={"table": "summary"}),
     log:
         "logs/summary.log",
-    resources:
-        **job_resources("report"),
     localrule: True
     conda:
         "../../envs/vcorr.yaml"
+    resources:
+        **job_resources("report"),
     shell:
         "vcorr report summary {input} --out {output} > {log} 2>&1"
 
@@ -57,7 +55,13 @@ rule summary:
 # is its result above, the other's that of <method>@<protocol>.
 rule cross_protocol:
     input:
-        sorted({f"results/{cell.benchmark}/{cell.evaluated_as}.json" for cell in cross_protocol_cells() if cell.evaluated_as}),
+        sorted(
+            {
+                f"results/{cell.benchmark}/{cell.evaluated_as}.json"
+                for cell in cross_protocol_cells()
+                if cell.evaluated_as
+            }
+        ),
     output:
         report(
             "results/cross_protocol.csv",
@@ -65,16 +69,16 @@ rule cross_protocol:
             category="Summary",
             labels={"table": "cross-protocol"},
         ),
-    params:
-        methods=" ".join(cross_protocol_methods()),
-        benchmarks=" ".join(cross_protocol_benchmarks()),
     log:
         "logs/cross_protocol.log",
-    resources:
-        **job_resources("report"),
     localrule: True
     conda:
         "../../envs/vcorr.yaml"
+    resources:
+        **job_resources("report"),
+    params:
+        methods=" ".join(cross_protocol_methods()),
+        benchmarks=" ".join(cross_protocol_benchmarks()),
     shell:
         "vcorr report cross-protocol {input} --methods {params.methods} --benchmarks {params.benchmarks}"
         " --out {output} > {log} 2>&1"
@@ -82,12 +86,15 @@ rule cross_protocol:
 
 # --- the report page (config report.page): tables, score chart, training curves, overlays ----
 
+
 rule score_chart:
     input:
         # With the cross-protocol table: a hatch per protocol for every method.
         "results/cross_protocol.csv" if config["report"]["cross_protocol"] else "results/summary.csv",
     output:
-        report("results/report/scores.png", caption="../report/scores.rst", category="Summary", labels={"table": "chart"}),
+        report(
+            "results/report/scores.png", caption="../report/scores.rst", category="Summary", labels={"table": "chart"}
+        ),
     log:
         "logs/report/scores.log",
     localrule: True
@@ -109,13 +116,13 @@ rule loss_curves:
             category="Training",
             labels=lambda wildcards: {"model": wildcards.model, "training": MODELS[wildcards.model]["method"]},
         ),
-    params:
-        metrics=lambda wildcards: f"{training_workdir(wildcards)}/metrics.csv",
     log:
         "logs/report/training/{model}.log",
     localrule: True
     conda:
         "../../envs/vcorr.yaml"
+    params:
+        metrics=lambda wildcards: f"{training_workdir(wildcards)}/metrics.csv",
     shell:
         "vcorr report figures losses {wildcards.model}={params.metrics} --out {output} > {log} 2>&1"
 
@@ -132,13 +139,13 @@ rule overlay:
             subcategory="{benchmark}",
             labels=lambda wildcards: {**result_labels(wildcards), "sequence": wildcards.sequence},
         ),
-    params:
-        root=lambda wildcards: data_root(wildcards.benchmark),
     log:
         "logs/report/overlays/{benchmark}/{method}/{sequence}.log",
     localrule: True
     conda:
         "../../envs/vcorr.yaml"
+    params:
+        root=lambda wildcards: data_root(wildcards.benchmark),
     shell:
         "vcorr report figures overlay --benchmark {wildcards.benchmark} --root {params.root}"
         " --sequence {wildcards.sequence} --pred {input.predictions}/{wildcards.sequence} --out {output} > {log} 2>&1"
@@ -153,6 +160,11 @@ rule report_page:
         overlays=overlay_files(),
     output:
         report("results/report.html", caption="../report/page.rst", category="Summary", labels={"table": "page"}),
+    log:
+        "logs/report/page.log",
+    localrule: True
+    conda:
+        "../../envs/vcorr.yaml"
     params:
         tables=lambda wildcards, input: " ".join(f"--table Cross-protocol={path}" for path in input.cross_protocol),
         images=lambda wildcards, input: " ".join(
@@ -166,11 +178,6 @@ rule report_page:
         ),
         # What the page says beside the tables and figures (vcorr.report.captions).
         words=page_words,
-    log:
-        "logs/report/page.log",
-    localrule: True
-    conda:
-        "../../envs/vcorr.yaml"
     shell:
         "vcorr report page --table Summary={input.summary} {params.tables} {params.images} {params.words}"
         " --title 'vcorr report'"
