@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from workflow_fixtures import TRAINED, fresh_checkout, load_builder, make_tiny_workspace, serve
+from workflow_fixtures import REPORTED, TRAINED, fresh_checkout, load_builder, make_tiny_workspace, serve
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_TESTDATA = REPO_ROOT.parent / "shared" / "testdata"
@@ -46,9 +46,10 @@ def tiny_checkout(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, tiny_mirror, tiny_checkout):
     """The tiny configuration run once from scratch: `all`, the trained models' results, the
-    cross-protocol table and the field table of published.yaml (the same cells, beside made-up
-    published numbers). (workspace, the run's output); tests only read it (or dry-run it)."""
+    cross-protocol table, the field table of published.yaml (the same cells, beside made-up
+    published numbers) and the report's figures. (workspace, the run's output); tests only read it
+    (or dry-run it)."""
     mirror, url = tiny_mirror
     workspace = make_tiny_workspace(tmp_path_factory.mktemp("tiny"), mirror, url, tiny_checkout)
-    done = workspace.run("--cores", "2", "all", *TRAINED, "results/cross_protocol.csv", "results/tables/field.csv")
+    done = workspace.run("--cores", "2", "all", *TRAINED, "results/cross_protocol.csv", "results/tables/field.csv", *REPORTED)
     return workspace, done

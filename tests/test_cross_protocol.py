@@ -145,10 +145,11 @@ def test_the_table_takes_each_cells_score_from_its_result(tmp_path):
     import csv
 
     rows = list(csv.DictReader(out.open()))
-    scores = {(row["method"], row["protocol"]): float(row["J&F-Mean"]) for row in rows}
-    assert scores == {("crw_release", "crw"): 0.5, ("crw_release", "stt"): 0.25, ("crw_release", "dino"): 0.75,
-                      ("stt_release_r18_s8", "crw"): 0.125, ("stt_release_r18_s8", "stt"): 0.0625,
-                      ("stt_release_r18_s8", "dino"): 0.375}
+    # J&F as the scorer writes it (a fraction) in the results, in percent in the table.
+    scores = {(row["method"], row["protocol"]): float(row["J&F-Mean (%)"]) for row in rows}
+    assert scores == {("crw_release", "crw"): 50.0, ("crw_release", "stt"): 25.0, ("crw_release", "dino"): 75.0,
+                      ("stt_release_r18_s8", "crw"): 12.5, ("stt_release_r18_s8", "stt"): 6.25,
+                      ("stt_release_r18_s8", "dino"): 37.5}
     assert [row["settings"] for row in rows] == ["own", "stt_release_r18_s8", "dino_vits16",
                                                  "crw_release", "own", "dino_vits16"]
     with pytest.raises(VcorrError, match=r"no result given for crw_release@stt on davis17"):

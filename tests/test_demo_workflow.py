@@ -16,6 +16,7 @@ import re
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -104,8 +105,9 @@ def test_demo_dry_run_plans_every_stage(tmp_path):
     pairs = {f"results/{benchmark}/{method}.json" for benchmark in BENCHMARKS for method in evaluated_names(methods, benchmark)}
     assert set(pairs) == set(jobs["result"]) and len(pairs) == 3 * 7 * 3 - 7  # @dino: no demo_jhmdb
     assert len(jobs["propagate"]) == len(jobs["score"]) == len(pairs)
-    for rule in ("summary", "cross_protocol", "score_chart", "loss_curves", "report_page"):
+    for rule in ("summary", "cross_protocol", "score_chart", "report_page"):
         assert len(jobs[rule]) == 1, rule
+    assert sorted(jobs["loss_curves"]) == [f"results/report/training/{name}.png" for name in ("demo_hvc", "demo_moco", "demo_stt")]
     assert len(jobs["overlay"]) == 3
 
 
@@ -126,9 +128,9 @@ def test_demo_end_to_end_reruns_and_report(tmp_path):
     with open(checkout / "results" / "summary.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert {(row["benchmark"], row["method"]) for row in rows} == {(b, m) for b in BENCHMARKS for m in methods}
-    headlines = {"demo_davis": "J&F-Mean", "demo_jhmdb": "PCK@0.1", "demo_vip": "mIoU"}
+    headlines = {"demo_davis": "J&F-Mean (%)", "demo_jhmdb": "PCK@0.1 (%)", "demo_vip": "mIoU (%)"}
     for row in rows:
-        assert row["status"] == "scored" and 0.0 <= float(row[headlines[row["benchmark"]]]) <= 100.0, row  # J&F a fraction, PCK and mIoU in %
+        assert row["status"] == "scored" and 0.0 <= float(row[headlines[row["benchmark"]]]) <= 100.0, row
     # Different encoders give different predictions: a table of equal scores would mean one model everywhere.
     for benchmark, headline in headlines.items():
         assert len({row[headline] for row in rows if row["benchmark"] == benchmark}) == len(methods), benchmark
@@ -177,10 +179,20 @@ def test_demo_end_to_end_reruns_and_report(tmp_path):
     page = checkout / "results" / "report.html"
     chromium = chromium_binary()
     dom = headless(chromium, tmp_path / "profile", "--dump-dom", page.as_uri()).stdout
-    images = 1 + 1 + 1  # score chart, loss curves, one overlay
+    images = 1 + 2 + 1  # score chart, the curves of stage one and stage two, one overlay
     assert re.search(r"<body[^>]*>", dom).group(0) == f'<body data-images-loaded="{images}/{images}">'
     assert dom.count("<table") == 2 and all(f"<td>{method}</td>" in dom for method in methods)
     assert "results/demo_davis/demo_stt@crw.json" in dom  # the cross-protocol table
+    # What a newcomer needs: the data are synthetic, one unit, no empty columns, `settings` said,
+    # captions that say what a figure shows, the MoCo curve explained.
+    assert dom.index('class="notice">Synthetic data: demo_davis, demo_jhmdb, demo_vip') < dom.index("<table")
+    assert "<th>J&amp;F-Mean (%)</th>" in dom and "Every score is in %" in dom
+    assert "<th>archive</th>" not in dom and "<th>upload_to</th>" not in dom and "<th>note</th>" not in dom
+    assert "<code>settings</code>: whose propagation settings" in dom
+    captions = re.findall(r"<figcaption>(.*?)</figcaption>", dom)
+    assert captions[1].startswith("Training of demo_moco") and "the first 4 steps fill it" in captions[1]
+    assert captions[-1].startswith("demo_stt on demo_davis, sequence coffee-2")
+    assert not [caption for caption in captions if caption.endswith(".png")]
     screenshot = tmp_path / "report.png"
     headless(chromium, tmp_path / "profile", f"--screenshot={screenshot}", "--window-size=1280,4000", page.as_uri())
     from PIL import Image
@@ -189,3 +201,11 @@ def test_demo_end_to_end_reruns_and_report(tmp_path):
     assert (shot == (31, 119, 180)).all(axis=-1).sum() > 500, "the score chart is not visible"
     if os.environ.get("VCORR_KEEP_SCREENSHOT"):
         shutil.copy(screenshot, os.environ["VCORR_KEEP_SCREENSHOT"])
+
+    # Snakemake's report of the same run: the tables, every result, the curves and the overlay.
+    snakemake(checkout, "--report", "report.zip", configs=subset)
+    with zipfile.ZipFile(checkout / "report.zip") as archive:
+        names = [Path(name).name for name in archive.namelist() if "/data/raw/" in name]
+    assert sorted(name for name in names if not name.endswith(".json")) == sorted([
+        "summary.csv", "cross_protocol.csv", "scores.png", "report.html", "demo_moco.png", "demo_stt.png", "coffee-2.png"])
+    assert len([name for name in names if name.endswith(".json")]) == len(BENCHMARKS) * len(evaluated_names(methods))

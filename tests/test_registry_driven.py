@@ -4,10 +4,12 @@ alone, then propagated, scored and planned by the workflow with no code change."
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 import yaml
 
 from test_propagate_cli import make_davis, texture, two_bands
@@ -76,3 +78,27 @@ def test_a_davis_layout_benchmark_added_in_benchmarks_yaml_propagates_and_scores
 def test_scorer_refuses_a_benchmark_of_another_scorer(tmp_path, capsys):
     code = main(["score", "davis", "--benchmark", "jhmdb", "--data-root", str(tmp_path), "--predictions", str(tmp_path)])
     assert code == 2 and "scored by 'jhmdb'" in capsys.readouterr().err
+
+
+def test_registries_are_looked_up_file_by_file_along_the_config_search_path(tmp_path, monkeypatch):
+    """VCORR_CONFIG_DIR as the workflow sets it for a deployed project: the project's folder first
+    (its methods.yaml, with a method of its own), vcorr's config/ after (everything else)."""
+    from vcorr.config import config_file, load_registry, optional_config_file
+    from vcorr.errors import VcorrError
+    from vcorr.evaluation.methods import load_method
+
+    project = tmp_path / "project"
+    project.mkdir()
+    methods = yaml.safe_load((REPO / "config" / "methods.yaml").read_text())
+    methods["my_random"] = methods["random_r18"]
+    (project / "methods.yaml").write_text(yaml.safe_dump(methods, sort_keys=False))
+    monkeypatch.setenv("VCORR_CONFIG_DIR", os.pathsep.join((str(project), str(REPO / "config"))))
+    assert config_file("methods.yaml") == project / "methods.yaml"
+    assert config_file("benchmarks.yaml") == REPO / "config" / "benchmarks.yaml"
+    assert config_file("lists/jhmdb_val_list.txt") == REPO / "config" / "lists" / "jhmdb_val_list.txt"
+    assert load_method("my_random").source.startswith(f"{project / 'methods.yaml'} [my_random]")
+    assert "davis17" in load_registry("benchmarks")
+    monkeypatch.setenv("VCORR_CONFIG_DIR", str(project))  # one folder: nothing else is looked at
+    assert optional_config_file("protocols.yaml") is None
+    with pytest.raises(VcorrError, match=r"benchmarks\.yaml: registry file missing \(looked in .*project\)"):
+        config_file("benchmarks.yaml")

@@ -22,6 +22,7 @@ from scipy import ndimage
 from vcorr.cli import main
 from vcorr.errors import VcorrError
 from vcorr.io import write_index_png
+from vcorr.report.captions import overlay_caption, synthetic_data_notice, training_caption
 from vcorr.report.results import SUMMARY_FIXED, SUMMARY_TAIL
 from vcorr.report.figures import (
     STRIP_CAPTION_PX,
@@ -51,13 +52,13 @@ def write_csv(path: Path, columns: list[str], rows: list[dict]) -> Path:
 
 def summary_csv(path: Path) -> Path:
     """summary.csv as `vcorr report summary` writes it: 2 methods x 2 scored benchmarks, 1 server row."""
-    metrics = ["J&F-Mean", "J-Mean", "F-Mean", "PCK@0.1", "PCK@0.2"]
+    metrics = ["J&F-Mean (%)", "J-Mean (%)", "F-Mean (%)", "PCK@0.1 (%)", "PCK@0.2 (%)"]
     rows = []
     for method, offset in (("crw", 0.0), ("hvc", 5.0)):
-        rows.append({"benchmark": "davis17", "method": method, "status": "scored", "J&F-Mean": 61.25 + offset,
-                     "J-Mean": 59.5 + offset, "F-Mean": 63.0 + offset, "result": f"results/davis17/{method}.json"})
-        rows.append({"benchmark": "jhmdb", "method": method, "status": "scored", "PCK@0.1": 45.5 + offset,
-                     "PCK@0.2": 70.125 + offset, "result": f"results/jhmdb/{method}.json"})
+        rows.append({"benchmark": "davis17", "method": method, "status": "scored", "J&F-Mean (%)": 61.25 + offset,
+                     "J-Mean (%)": 59.5 + offset, "F-Mean (%)": 63.0 + offset, "result": f"results/davis17/{method}.json"})
+        rows.append({"benchmark": "jhmdb", "method": method, "status": "scored", "PCK@0.1 (%)": 45.5 + offset,
+                     "PCK@0.2 (%)": 70.125 + offset, "result": f"results/jhmdb/{method}.json"})
         rows.append({"benchmark": "ytvos18", "method": method, "status": "awaiting server evaluation",
                      "archive": f"results/ytvos18/{method}.zip", "upload_to": "https://example.org/upload",
                      "result": f"results/ytvos18/{method}.json"})
@@ -66,11 +67,12 @@ def summary_csv(path: Path) -> Path:
 
 def cross_protocol_csv(path: Path) -> Path:
     """The cross-protocol table: each method under each propagation protocol; hvc+stt not run on vip."""
-    rows = [{"method": method, "protocol": protocol, "benchmark": benchmark, metric: value + gain + extra}
+    rows = [{"method": method, "protocol": protocol, "settings": "own" if protocol == method else "stt_r18",
+             "benchmark": benchmark, metric: value + gain + extra}
             for method, gain in (("crw", 0.0), ("hvc", 4.0)) for protocol, extra in (("crw", 0.0), ("stt", 1.5))
-            for benchmark, metric, value in (("davis17", "J&F-Mean", 60.0), ("vip", "mIoU", 30.0))
+            for benchmark, metric, value in (("davis17", "J&F-Mean (%)", 60.0), ("vip", "mIoU (%)", 30.0))
             if (method, protocol, benchmark) != ("hvc", "stt", "vip")]
-    return write_csv(path, ["method", "protocol", "benchmark", "J&F-Mean", "mIoU"], rows)
+    return write_csv(path, ["method", "protocol", "settings", "benchmark", "J&F-Mean (%)", "mIoU (%)"], rows)
 
 
 def metrics_csv(path: Path, columns: list[str], steps: int = 30) -> Path:
@@ -122,34 +124,34 @@ def assert_png(path: Path) -> Image.Image:
 def test_score_chart_draws_a_panel_per_headline_metric_and_skips_server_rows(tmp_path):
     out = tmp_path / "scores.png"
     drawn = score_chart(summary_csv(tmp_path / "summary.csv"), out)
-    assert drawn == ["J&F-Mean", "J-Mean", "F-Mean", "PCK@0.1", "PCK@0.2"]
+    assert drawn == ["J&F-Mean (%)", "J-Mean (%)", "F-Mean (%)", "PCK@0.1 (%)", "PCK@0.2 (%)"]
     assert assert_png(out).size[0] > assert_png(out).size[1]  # 3 panels a row, 2 rows
 
 
 def test_score_chart_reads_the_cross_protocol_table_and_rows(tmp_path):
     table = cross_protocol_csv(tmp_path / "cross.csv")
-    assert score_chart(table, tmp_path / "cross.png") == ["J&F-Mean", "mIoU"]
+    assert score_chart(table, tmp_path / "cross.png") == ["J&F-Mean (%)", "mIoU (%)"]
     assert_png(tmp_path / "cross.png")
     with open(table, newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert score_chart(rows, tmp_path / "rows.png", metrics=["mIoU"]) == ["mIoU"]
-    assert score_bars(rows, ["J&F-Mean", "mIoU", "PCK@0.1"], "cross.csv") == {
-        "J&F-Mean": {("davis17", "crw", "crw"): 60.0, ("davis17", "crw", "stt"): 61.5,
+    assert score_chart(rows, tmp_path / "rows.png", metrics=["mIoU (%)"]) == ["mIoU (%)"]
+    assert score_bars(rows, ["J&F-Mean (%)", "mIoU (%)", "PCK@0.1 (%)"], "cross.csv") == {
+        "J&F-Mean (%)": {("davis17", "crw", "crw"): 60.0, ("davis17", "crw", "stt"): 61.5,
                      ("davis17", "hvc", "crw"): 64.0, ("davis17", "hvc", "stt"): 65.5},
-        "mIoU": {("vip", "crw", "crw"): 30.0, ("vip", "crw", "stt"): 31.5, ("vip", "hvc", "crw"): 34.0},
+        "mIoU (%)": {("vip", "crw", "crw"): 30.0, ("vip", "crw", "stt"): 31.5, ("vip", "hvc", "crw"): 34.0},
     }
 
 
 def test_score_chart_refuses_bad_tables_and_writes_nothing(tmp_path):
-    bad = write_csv(tmp_path / "bad.csv", ["benchmark", "method", "mIoU"],
-                    [{"benchmark": "vip", "method": "crw", "mIoU": "n/a"}])
-    with pytest.raises(VcorrError, match=r"bad\.csv:2: column 'mIoU' holds 'n/a'"):
+    bad = write_csv(tmp_path / "bad.csv", ["benchmark", "method", "mIoU (%)"],
+                    [{"benchmark": "vip", "method": "crw", "mIoU (%)": "n/a"}])
+    with pytest.raises(VcorrError, match=r"bad\.csv:2: column 'mIoU \(%\)' holds 'n/a'"):
         score_chart(bad, tmp_path / "out.png")
-    twice = write_csv(tmp_path / "twice.csv", ["benchmark", "method", "mIoU"],
-                      [{"benchmark": "vip", "method": "crw", "mIoU": 1}, {"benchmark": "vip", "method": "crw", "mIoU": 2}])
+    twice = write_csv(tmp_path / "twice.csv", ["benchmark", "method", "mIoU (%)"],
+                      [{"benchmark": "vip", "method": "crw", "mIoU (%)": 1}, {"benchmark": "vip", "method": "crw", "mIoU (%)": 2}])
     with pytest.raises(VcorrError, match=r"twice\.csv:3: a second row for vip / crw"):
         score_chart(twice, tmp_path / "out.png")
-    unscored = write_csv(tmp_path / "unscored.csv", ["benchmark", "method", "status", "J&F-Mean"],
+    unscored = write_csv(tmp_path / "unscored.csv", ["benchmark", "method", "status", "J&F-Mean (%)"],
                          [{"benchmark": "davis17", "method": "crw", "status": "scored"}])
     with pytest.raises(VcorrError, match="no scores to chart"):
         score_chart(unscored, tmp_path / "out.png")
@@ -330,6 +332,42 @@ def test_report_page_holds_tables_and_embedded_images(report_inputs, tmp_path):
     assert base64.b64decode(sources[-1][1]) == (tmp_path / "figures" / "bear.gif").read_bytes()
 
 
+def test_report_page_says_what_a_newcomer_needs_to_read_it_right(report_inputs, tmp_path):
+    out = tmp_path / "page.html"
+    chart = report_inputs["images"]["Scores per method"][0]
+    write_report_page(out, **report_inputs, notes=["Synthetic data: these are not DAVIS."],
+                      captions={chart: "Headline scores, in %, per method."})
+    page = out.read_text()
+    # The notice comes before any score.
+    assert page.index('<p class="notice">Synthetic data: these are not DAVIS.</p>') < page.index("<table")
+    tables = re.findall(r'<div class="table-box">\n(<table.*?</table>)\n</div>\n<ul class="legend">(.*?)</ul>', page, re.S)
+    assert len(tables) == 2  # each table in its sideways-scrolling box, with its legend
+    assert ".table-box { max-width: 100%; overflow-x: auto;" in page
+    summary_header = re.findall(r"<th>(.*?)</th>", tables[0][0])
+    # `note` is empty in every summary row: no column; `archive` holds the server rows' archives.
+    assert "note" not in summary_header and "archive" in summary_header and "status" in summary_header
+    assert all(row.count("<td") == len(summary_header) for row in re.findall(r"<tr><td.*?</tr>", tables[0][0]))
+    assert "Every score is in %" in tables[0][1] and "<code>archive</code>" in tables[0][1]
+    assert "<code>settings</code>: whose propagation settings" in tables[1][1]
+    assert "<code>settings</code>" not in tables[0][1]  # explained where the column is
+    captions = re.findall(r"<figcaption>(.*?)</figcaption>", page)
+    assert captions[0] == "Headline scores, in %, per method." and captions[1] == "protocols.png"
+
+
+def test_captions_say_what_is_shown_from_the_registries():
+    benchmarks = {"demo_davis": {"dataset": "demo"}, "demo_vip": {"dataset": "demo"}, "davis17": {"dataset": "davis17"}}
+    datasets = {"demo": {"title": "Demo videos of synthetic motion", "built_by": "demo"}, "davis17": {"title": "DAVIS"}}
+    (notice,) = synthetic_data_notice(["davis17", "demo_davis", "demo_vip"], benchmarks, datasets)
+    assert notice.startswith("Synthetic data: demo_davis, demo_vip are not published benchmarks")
+    assert "Demo videos of synthetic motion" in notice and "davis17," not in notice
+    assert synthetic_data_notice(["davis17"], benchmarks, datasets) == []
+    moco = training_caption("demo_moco", {"method": "moco", "description": "MoCo on demo images"},
+                            {"queue_size": 64, "batch_size": 16})
+    assert moco.startswith("Training of demo_moco (MoCo on demo images)") and "first 4 steps fill it" in moco
+    assert "queue" not in training_caption("demo_hvc", {"method": "hvc"}, {"batch_size": 8})
+    assert "demo_stt on demo_davis, sequence coffee-2" in overlay_caption("demo_davis", "demo_stt", "coffee-2")
+
+
 def test_images_of_one_name_in_different_folders_get_different_captions(report_inputs, tmp_path):
     overlay = report_inputs["images"]["Mask overlays"][0]
     group = []
@@ -373,7 +411,7 @@ def test_cli_figures_and_page(sequence, tmp_path, capsys):
                  str(tmp_path / "page.html")]) == 0
     assert (tmp_path / "page.html").read_text().count("<img") == 3
     output = printed + capsys.readouterr().out
-    assert "s.png: J&F-Mean, J-Mean, F-Mean, PCK@0.1, PCK@0.2" in output and "o.gif: 2 frames (00001, 00003)" in output
+    assert "s.png: J&F-Mean (%), J-Mean (%), F-Mean (%), PCK@0.1 (%), PCK@0.2 (%)" in output and "o.gif: 2 frames (00001, 00003)" in output
     assert main(["report", "figures", "losses", str(m1), "--out", str(tmp_path / "bad.png")]) == 2
     assert "expected STAGE=metrics.csv" in capsys.readouterr().err
     assert not (tmp_path / "bad.png").exists()

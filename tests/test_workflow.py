@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import time
+import zipfile
 from collections import Counter
 from pathlib import Path
 
@@ -25,8 +26,9 @@ import numpy as np
 import pytest
 import yaml
 
-from workflow_fixtures import (REPO, RUN_TIMEOUT_S, TINY, TinyWorkspace, fork_workspace, load_builder, planned_jobs,
-                               registry, rule_counts, sha256, snakemake)
+from workflow_fixtures import (REPO, REPORTED, RUN_TIMEOUT_S, TINY, TRAINED, TinyWorkspace, fork_workspace,
+                               load_builder, make_tiny_workspace, planned_jobs, registry, rule_counts, sha256,
+                               snakemake)
 
 # --- the project's registries: dry runs ------------------------------------------------------
 
@@ -273,16 +275,40 @@ def test_tiny_configuration_runs_end_to_end(tiny_run):
     assert (root / "logs/benchmarks/score/jhmdb/tiny_random.tsv").is_file()
 
 
+def report_entries(archive: Path) -> dict[str, list[str]]:
+    """{file name: [its paths]} of the outputs a `snakemake --report report.zip` archive holds
+    (data/raw/<id>/<name>), and its report page."""
+    entries: dict[str, list[str]] = {}
+    with zipfile.ZipFile(archive) as opened:
+        for name in opened.namelist():
+            if "/data/raw/" in name:
+                entries.setdefault(Path(name).name, []).append(name)
+        assert f"{archive.stem}/report.html" in opened.namelist()
+        page = opened.read(f"{archive.stem}/report.html").decode()
+    return entries, page
+
+
 @pytest.mark.slow
-def test_report_holds_the_summary_table_and_every_result(tiny_run):
+def test_snakemakes_report_holds_the_tables_results_figures_and_their_labels(tiny_run):
     workspace, first = tiny_run
     assert first.returncode == 0
-    done = workspace.run("--report", "report.html")
-    assert done.returncode == 0, done.stdout
-    html = (workspace.root / "report.html").read_text(errors="replace")
-    assert "summary.csv" in html
-    for benchmark, method in tiny_pairs(workspace):
-        assert f"results/{benchmark}/{method}.json" in html or f"{method}.json" in html
+    archive = workspace.root / "report.zip"
+    done = workspace.run("--report", str(archive), "all", *TRAINED, "results/cross_protocol.csv", *REPORTED)
+    assert done.returncode == 0, done.stdout[-3000:]
+    entries, page = report_entries(archive)
+    results = list(csv.DictReader((workspace.root / "results/cross_protocol.csv").open()))
+    evaluated = {row["result"] for row in results if row["result"]} | {f"results/{b}/{m}.json" for b, m in tiny_pairs(workspace)}
+    evaluated |= {f"results/{target.split('/', 1)[1]}" for target in TRAINED}
+    # Tables, chart and page; every result JSON; the training curves and the overlay asked for.
+    for name in ("summary.csv", "cross_protocol.csv", "scores.png", "report.html", "tiny_moco.png", "tiny_hvc.png",
+                 "blackswan.png"):
+        assert len(entries.get(name, [])) == 1, (name, sorted(entries))
+    assert sum(len(paths) for name, paths in entries.items() if name.endswith(".json")) == len(evaluated)
+    for category in ("Summary", "Results", "Training", "Overlays"):
+        assert f'"{category}"' in page, category
+    assert '"labels": {"benchmark": "davis17", "method": "tiny_crw", "protocol": "stt"}' in page
+    assert '"labels": {"benchmark": "davis17", "method": "tiny_crw", "protocol": "crw", "sequence": "blackswan"}' in page
+    assert '"labels": {"model": "tiny_moco", "training": "moco"}' in page
 
 
 @pytest.mark.slow
@@ -610,3 +636,25 @@ def test_a_failing_job_leaves_no_partial_output_and_a_log_naming_the_cause(tiny_
     assert not list((root / target).parent.glob(".*tmp*"))
     log = (root / "logs/propagate/vip/tiny_random.all.log").read_text()
     assert broken.name in log, log
+
+
+@pytest.mark.slow
+def test_a_download_with_a_known_sha256_is_ensured_and_retried(tiny_mirror, tmp_path):
+    """A file of datasets.yaml with a sha256: the fetch rule's output carries ensure(sha256=...)
+    and retries. The right hash fetches; a wrong one fails each of the 1 + 2 attempts and leaves
+    no file (vcorr's own check and Snakemake's agree on it)."""
+    mirror, url = tiny_mirror
+    workspace = make_tiny_workspace(tmp_path / "workspace", mirror, url)
+    datasets = registry("datasets", workspace.registries)
+    good, bad = datasets["crw"]["files"][0], datasets["jhmdb"]["files"][0]
+    good["sha256"] = sha256(mirror / "crw" / good["name"])
+    bad["sha256"] = "0" * 64
+    (workspace.registries / "datasets.yaml").write_text(yaml.safe_dump(datasets, sort_keys=False))
+    targets = [f"resources/downloads/crw/{good['name']}", f"resources/downloads/jhmdb/{bad['name']}"]
+    done = workspace.run("--cores", "1", "--keep-going", *targets)
+    assert done.returncode != 0
+    fetched = workspace.root / targets[0]
+    assert fetched.read_bytes() == (mirror / "crw" / good["name"]).read_bytes()
+    assert not (workspace.root / targets[1]).exists()
+    assert done.stdout.count("Trying to restart job") == 2, done.stdout[-3000:]
+    assert "Error in rule fetch_jhmdb" in done.stdout and "Error in rule fetch_crw" not in done.stdout

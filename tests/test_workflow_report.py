@@ -102,7 +102,7 @@ def test_a_file_that_is_not_a_timing_table_is_named(tmp_path):
 
 
 def test_summary_has_one_row_per_result_and_the_union_of_headlines(tmp_path):
-    scored = {"benchmark": "davis17", "method": "a", "status": "scored", "headline": {"J&F-Mean": 60.0}}
+    scored = {"benchmark": "davis17", "method": "a", "status": "scored", "headline": {"J&F-Mean": 0.6}}
     pck = {"benchmark": "jhmdb", "method": "a", "status": "scored", "headline": {"PCK@0.1": 45.0, "PCK@0.2": 70.0}}
     server = {"benchmark": "ytvos18", "method": "a", "status": "awaiting server evaluation",
               "submission": {"archive": "results/ytvos18/a.zip", "upload_to": "https://example.org/upload"},
@@ -115,11 +115,12 @@ def test_summary_has_one_row_per_result_and_the_union_of_headlines(tmp_path):
     assert main(["report", "summary", *map(str, files), "--out", str(out)]) == 0
     with open(out, newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert list(rows[0]) == ["benchmark", "method", "status", "J&F-Mean", "PCK@0.1", "PCK@0.2",
+    # Every headline in percent, the unit in the column: DAVIS's fraction x100, PCK as the scorer wrote it.
+    assert list(rows[0]) == ["benchmark", "method", "status", "J&F-Mean (%)", "PCK@0.1 (%)", "PCK@0.2 (%)",
                              "archive", "upload_to", "result", "note"]
     assert [row["benchmark"] for row in rows] == ["davis17", "jhmdb", "ytvos18"]
-    assert rows[0]["J&F-Mean"] == "60.0" and rows[0]["PCK@0.1"] == ""
-    assert rows[2]["upload_to"] == "https://example.org/upload" and rows[2]["J&F-Mean"] == ""
+    assert rows[0]["J&F-Mean (%)"] == "60.0" and rows[0]["PCK@0.1 (%)"] == "" and rows[1]["PCK@0.1 (%)"] == "45.0"
+    assert rows[2]["upload_to"] == "https://example.org/upload" and rows[2]["J&F-Mean (%)"] == ""
     assert [row["note"] for row in rows] == ["", "", "model trained by other code: results/models/a.pth"]
 
 

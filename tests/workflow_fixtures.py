@@ -31,6 +31,10 @@ RUN_TIMEOUT_S = 600
 # The trained models' results, asked for beside the tiny configuration's `all`.
 TRAINED = ["results/davis17/tiny_hvc.json", "results/davis17/tiny_stt.json", "results/jhmdb/tiny_stt.json",
            "results/vip/tiny_stt.json"]
+# The report's figures and page, asked for beside them (the tiny configuration's `all` has no page):
+# Snakemake's report of the run holds them.
+REPORTED = ["results/report.html", "results/report/training/tiny_moco.png", "results/report/training/tiny_hvc.png",
+            "results/report/overlays/davis17/tiny_crw/blackswan.png"]
 
 
 def snakemake(*args: str, cwd: Path, env: dict | None = None, timeout: float = RUN_TIMEOUT_S,

@@ -1,9 +1,11 @@
 """The YAML registries under `config/` (datasets, benchmarks, methods, ...), found one documented
 way, and the one way vcorr reads a YAML value: registries, method and training files, `--set`.
 
-Lookup order for the config folder: `$VCORR_CONFIG_DIR`, then `./config` when the current folder
-holds one (a checkout, where Snakemake runs), then the `config/` of the checkout this package was
-installed from (editable installs).
+Where registries are looked up: the folders of `$VCORR_CONFIG_DIR` (one folder, or several joined
+by `os.pathsep`, searched in order for each file: the workflow sets a project's own folder first and
+vcorr's `config/` after it, so that a project overrides any registry and inherits the rest), else
+`./config` when the current folder holds one (a checkout, where Snakemake runs), else the
+`config/` of the checkout this package was installed from (editable installs).
 
 Numbers as people write them: YAML 1.1 (PyYAML) reads `1e-4`, `1e30` or `3E-5` as strings, since
 its floats need a dot and a signed exponent. vcorr's loader reads every decimal number with an
@@ -97,14 +99,44 @@ def schema_error(data: Any, schema_file: Path) -> str | None:
     return f"{key}: {error.message}"
 
 
-def config_dir() -> Path:
-    for candidate in (os.environ.get("VCORR_CONFIG_DIR"), "config", _CHECKOUT_CONFIG):
-        if candidate and Path(candidate).is_dir():
-            return Path(candidate)
+def config_dirs() -> list[Path]:
+    """The registry folders, in lookup order (module docstring)."""
+    listed = [Path(item) for item in os.environ.get("VCORR_CONFIG_DIR", "").split(os.pathsep) if item]
+    if listed:
+        missing = [str(folder) for folder in listed if not folder.is_dir()]
+        if missing:
+            raise VcorrError(f"$VCORR_CONFIG_DIR: {', '.join(missing)}: no such folder")
+        return listed
+    for candidate in (Path("config"), _CHECKOUT_CONFIG):
+        if candidate.is_dir():
+            return [candidate]
     raise VcorrError(
         "no config folder found: set VCORR_CONFIG_DIR or run from a vcorr checkout "
         f"(looked in $VCORR_CONFIG_DIR, ./config and {_CHECKOUT_CONFIG})"
     )
+
+
+def find_config_file(relative: str | os.PathLike, folders: list[Path]) -> Path | None:
+    """`relative` (a registry such as methods.yaml, or a list of lists/) in the first of `folders`
+    that holds it, else None: the one lookup of the library and of the workflow's DAG."""
+    for folder in folders:
+        if (Path(folder) / relative).is_file():
+            return Path(folder) / relative
+    return None
+
+
+def config_file(relative: str | os.PathLike, what: str = "registry file") -> Path:
+    """`relative` in the registry folders; an error names every folder looked in when none has it."""
+    folders = config_dirs()
+    found = find_config_file(relative, folders)
+    if found is None:
+        raise VcorrError(f"{relative}: {what} missing (looked in {', '.join(str(folder) for folder in folders)})")
+    return found
+
+
+def optional_config_file(relative: str | os.PathLike) -> Path | None:
+    """`relative` in the registry folders, or None (protocols.yaml: no file, no cross-protocol variants)."""
+    return find_config_file(relative, config_dirs())
 
 
 @lru_cache(maxsize=None)
@@ -116,8 +148,8 @@ def _load_yaml(path: Path) -> dict:
 
 
 def load_registry(name: str) -> dict:
-    """`config/<name>.yaml` as a dict (e.g. "datasets", "benchmarks", "methods")."""
-    return _load_yaml((config_dir() / f"{name}.yaml").resolve())
+    """`<name>.yaml` of the registry folders as a dict (e.g. "datasets", "benchmarks", "methods")."""
+    return _load_yaml(config_file(f"{name}.yaml").resolve())
 
 
 def registry_entry(name: str, key: str) -> dict:

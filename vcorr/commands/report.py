@@ -108,6 +108,10 @@ def add_parser(subparsers) -> None:
                       help="a score table under a heading (repeatable)")
     page.add_argument("--images", action="append", default=[], metavar="HEADING=FILE[,FILE...]",
                       help="images under a heading (repeatable; embedded in the page)")
+    page.add_argument("--note", dest="notes", action="append", default=[], metavar="TEXT",
+                      help="a paragraph shown above the tables (repeatable), e.g. that the data are synthetic")
+    page.add_argument("--caption", dest="captions", action="append", default=[], metavar="FILE=TEXT",
+                      help="what an image of --images shows (repeatable; default: its path)")
     page.add_argument("--title", default="vcorr report")
     page.add_argument("--out", required=True, type=Path, metavar="FILE.html")
     page.set_defaults(func=run_page)
@@ -235,6 +239,7 @@ def run_page(args: argparse.Namespace) -> int:
     from vcorr.report.figures import write_report_page
 
     images = {heading: value.split(",") for heading, value in _named(args.images, "HEADING=FILE[,FILE...]").items()}
-    write_report_page(args.out, tables=_named(args.tables, "HEADING=FILE.csv"), images=images, title=args.title)
+    write_report_page(args.out, tables=_named(args.tables, "HEADING=FILE.csv"), images=images, title=args.title,
+                      notes=args.notes, captions=_named(args.captions, "FILE=TEXT"))
     print(f"{args.out}: {len(args.tables)} tables, {sum(map(len, images.values()))} images")
     return 0

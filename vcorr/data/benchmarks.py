@@ -11,9 +11,8 @@ from __future__ import annotations
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 
-from vcorr.config import config_dir, load_registry, registry_entry
+from vcorr.config import config_file, load_registry, registry_entry
 from vcorr.data.readers import preferred_list
-from vcorr.data.readers import require
 from vcorr.errors import VcorrError
 
 LAYOUTS = ("davis", "ytvos", "jhmdb", "vip")
@@ -59,7 +58,7 @@ class Benchmark:
     def split_list_path(self) -> Path:
         if not self.split_list:
             raise VcorrError(f"config/benchmarks.yaml: {self.name}: has no split_list")
-        return require(config_dir() / self.split_list, f"split_list of benchmark {self.name}, shipped in config/")
+        return config_file(self.split_list, f"split_list of benchmark {self.name}, shipped in config/")
 
     def sequence_list(self, root: Path) -> Path:
         """The list naming the sequences: `<root>/<video_list>` when present, else the shipped split_list."""

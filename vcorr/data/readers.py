@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vcorr.config import config_dir
+from vcorr.config import config_file
 from vcorr.errors import VcorrError
 
 JHMDB_JOINTS = 15
@@ -36,7 +36,7 @@ def preferred_list(root: Path, video_list: str | None, split_list: str | None) -
     if video_list and (Path(root) / video_list).is_file():
         return Path(root) / video_list
     if split_list:
-        return require(config_dir() / split_list, "list shipped with vcorr in config/")
+        return config_file(split_list, "list shipped with vcorr in config/")
     return require(Path(root) / (video_list or ""), "video list")
 
 

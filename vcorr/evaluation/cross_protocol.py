@@ -138,16 +138,16 @@ def cross_protocol_cells(
 
 
 def registry_cells(methods: Sequence[str], benchmarks: Sequence[str]) -> list[Cell]:
-    """`cross_protocol_cells` from the registries of `vcorr.config.config_dir()`, names checked."""
-    from vcorr.config import config_dir, load_registry
+    """`cross_protocol_cells` from the registries of `vcorr.config.config_dirs()`, names checked."""
+    from vcorr.config import config_file, load_registry, optional_config_file
 
     registry, known_benchmarks = load_registry("methods"), load_registry("benchmarks")
-    protocols_file = config_dir() / "protocols.yaml"
-    protocols = load_registry("protocols") if protocols_file.is_file() else {}
-    check_protocols(protocols, registry, str(protocols_file))
+    protocols_file = optional_config_file("protocols.yaml")
+    protocols = load_registry("protocols") if protocols_file else {}
+    check_protocols(protocols, registry, str(protocols_file or "protocols.yaml"))
     for names, known, what in ((methods, registry, "methods"), (benchmarks, known_benchmarks, "benchmarks")):
         unknown = [name for name in names if name not in known]
         if unknown:
-            raise VcorrError(f"unknown {what[:-1]} '{unknown[0]}' (not in {config_dir() / (what + '.yaml')})")
+            raise VcorrError(f"unknown {what[:-1]} '{unknown[0]}' (not in {config_file(what + '.yaml')})")
     tasks = {name: entry["task"] for name, entry in known_benchmarks.items()}
     return cross_protocol_cells(methods, benchmarks, registry, protocols, tasks)

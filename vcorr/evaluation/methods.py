@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vcorr.config import config_dir, is_int, load_registry, parse_overrides, read_yaml
+from vcorr.config import config_file, is_int, load_registry, optional_config_file, parse_overrides, read_yaml
 from vcorr.errors import VcorrError
 from vcorr.evaluation.cross_protocol import check_protocols, split_name, variant_entry
 from vcorr.models.config import EncoderConfig, FeatureConfig, feature_config
@@ -169,7 +169,6 @@ def resolve_settings(
 def load_method(name_or_file: str | Path) -> Method:
     """A method by registry name, or from a YAML file holding one method's keys."""
     text = str(name_or_file)
-    registry_file = config_dir() / "methods.yaml"
     path = Path(text)
     if path.suffix in (".yaml", ".yml") or path.is_file():
         if not path.is_file():
@@ -180,7 +179,7 @@ def load_method(name_or_file: str | Path) -> Method:
         if isinstance(data, dict) and len(data) == 1 and "encoders" not in data:
             (name, data), = data.items()
         return validate_method(name, data, str(path))
-    registry = load_registry("methods")
+    registry, registry_file = load_registry("methods"), config_file("methods.yaml")
     if text in registry:
         return validate_method(text, registry[text], f"{registry_file} [{text}]")
     base, protocol = split_name(text)
@@ -191,12 +190,13 @@ def load_method(name_or_file: str | Path) -> Method:
 
 def _load_variant(name: str, base: str, protocol: str, registry: dict[str, Any]) -> Method:
     """`<method>@<protocol>` (vcorr.evaluation.cross_protocol), checked like a registry entry."""
-    protocols_file = config_dir() / "protocols.yaml"
+    protocols_file = optional_config_file("protocols.yaml")
     if base not in registry:
-        raise VcorrError(f"unknown method '{base}' in '{name}': not in {config_dir() / 'methods.yaml'} (known: {', '.join(registry)})")
+        raise VcorrError(f"unknown method '{base}' in '{name}': not in {config_file('methods.yaml')} (known: {', '.join(registry)})")
     if protocol not in PROTOCOL_PARAMS:
         raise VcorrError(f"'{name}': protocol '{protocol}' is not one of {', '.join(PROTOCOL_PARAMS)}")
-    protocols = load_registry("protocols") if protocols_file.is_file() else {}
+    protocols = load_registry("protocols") if protocols_file else {}
+    protocols_file = protocols_file or "protocols.yaml"
     check_protocols(protocols, registry, str(protocols_file))
     entry = variant_entry(name, registry, protocols)
     if entry is None:

@@ -10,7 +10,9 @@
   sequence (DAVIS palette), as a PNG strip or an animated GIF; `sequence_folders` finds a
   sequence's frames and ground truth from its benchmark's layout.
 - `write_report_page`: one self-contained HTML page (images embedded) with the score tables,
-  the charts and the overlays, for Snakemake's report or a browser.
+  the charts and the overlays, for Snakemake's report or a browser: notices first (synthetic
+  data), tables without empty columns in boxes that scroll sideways, with a legend of their units
+  and columns, and figures with captions that say what they show (`vcorr.report.captions`).
 
 Charts are drawn by matplotlib's Agg backend (no display needed); every output is written
 under a temporary name and renamed into place.
@@ -33,12 +35,13 @@ from PIL import Image, ImageDraw, UnidentifiedImageError
 
 from vcorr.errors import VcorrError
 from vcorr.io import DAVIS_PALETTE, atomic_file, read_index_png
+from vcorr.report.captions import column_notes, units_note
 from vcorr.report.cross_protocol_table import CELL_COLUMNS
-from vcorr.report.results import HEADLINES, SUMMARY_FIXED, SUMMARY_TAIL
+from vcorr.report.results import HEADLINES, SUMMARY_FIXED, SUMMARY_TAIL, headline_column
 
 # Columns of the score tables that name or locate a result rather than measure it.
 IDENTITY_COLUMNS = frozenset({*SUMMARY_FIXED, *SUMMARY_TAIL, *CELL_COLUMNS})
-HEADLINE_ORDER = tuple(name for names in HEADLINES.values() for name in names)
+HEADLINE_ORDER = tuple(headline_column(name) for names in HEADLINES.values() for name in names)
 FRAME_SUFFIXES = (".jpg", ".jpeg", ".png")
 # Strip layout (pixels): a caption band above each row of tiles, a gap between tiles.
 STRIP_CAPTION_PX = 18
@@ -477,16 +480,26 @@ def _format_cell(value: str) -> str:
 
 
 def table_html(path: str | os.PathLike) -> str:
-    """A CSV score table as an HTML <table> (header row, one row per CSV row)."""
-    rows = _csv_rows(path)
-    header = "".join(f"<th>{html.escape(name)}</th>" for name in rows[0])
-    body = "\n".join("<tr>" + "".join(_format_cell(cell) for cell in row) + "</tr>" for row in rows[1:])
-    return f'<table data-source="{html.escape(Path(path).name)}">\n<thead><tr>{header}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>'
+    """A CSV score table as an HTML <table> (header row, one row per CSV row) in a box that scrolls
+    sideways when wider than the page, columns empty in every row left out, and a legend of the
+    columns that need a word (units, `settings` ...)."""
+    header, *rows = _csv_rows(path)
+    shown = [index for index, _ in enumerate(header) if any(index < len(row) and row[index].strip() for row in rows)]
+    head = "".join(f"<th>{html.escape(header[index])}</th>" for index in shown)
+    body = "\n".join("<tr>" + "".join(_format_cell(row[index] if index < len(row) else "") for index in shown) + "</tr>"
+                     for row in rows)
+    columns = [header[index] for index in shown]
+    legend = [units_note()] if any(name in HEADLINE_ORDER for name in columns) else []
+    legend += [f"<code>{html.escape(name)}</code>: {html.escape(note)}" for name, note in column_notes(columns).items()]
+    legend_html = "".join(f"<li>{item}</li>" for item in legend)
+    return (f'<div class="table-box">\n<table data-source="{html.escape(Path(path).name)}">\n<thead><tr>{head}</tr></thead>\n'
+            f"<tbody>\n{body}\n</tbody>\n</table>\n</div>" + (f'\n<ul class="legend">{legend_html}</ul>' if legend else ""))
 
 
 def _captions(paths: Sequence[Path]) -> list[str]:
     """Each image's path below the group's common folder, so that images of one name in
-    different folders (one sequence for two methods) are told apart."""
+    different folders (one sequence for two methods) are told apart: the caption of an image
+    given none."""
     common = Path(os.path.commonpath([path.parent for path in paths])) if paths else Path()
     return [path.relative_to(common).as_posix() if path.is_relative_to(common) else path.name for path in paths]
 
@@ -506,11 +519,14 @@ def _image_html(path: Path, caption: str) -> str:
 
 _STYLE = """
 body { font-family: sans-serif; margin: 1.5em; color: #222; }
-table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.9em; }
+.notice { background: #fff4d6; border-left: 4px solid #e0a800; padding: 0.5em 0.8em; max-width: 70em; }
+.table-box { max-width: 100%; overflow-x: auto; margin: 0.5em 0 0.3em; }
+table { border-collapse: collapse; font-size: 0.9em; }
+ul.legend { font-size: 0.85em; color: #444; max-width: 70em; margin: 0 0 1.5em; padding-left: 1.2em; }
 th, td { border: 1px solid #bbb; padding: 0.25em 0.6em; }
 th { background: #eee; } td.number { text-align: right; font-variant-numeric: tabular-nums; }
-figure { display: inline-block; margin: 0.5em 1em 1em 0; vertical-align: top; }
-img { max-width: 100%; border: 1px solid #ddd; } figcaption { font-size: 0.85em; color: #555; }
+figure { display: inline-block; margin: 0.5em 1em 1em 0; vertical-align: top; max-width: 100%; }
+img { max-width: 100%; border: 1px solid #ddd; } figcaption { font-size: 0.85em; color: #555; max-width: 60em; }
 """
 # Marks <body> once every image has loaded (data-images-loaded="N/total"; data-images-broken when
 # one failed), so a headless browser's DOM dump tells whether the figures render.
@@ -529,16 +545,22 @@ def write_report_page(
     tables: Mapping[str, str | os.PathLike] | None = None,
     images: Mapping[str, str | os.PathLike | Sequence[str | os.PathLike]] | None = None,
     title: str = "vcorr report",
+    notes: Sequence[str] = (),
+    captions: Mapping[str | os.PathLike, str] | None = None,
 ) -> None:
-    """One self-contained HTML page: a section per table (heading -> CSV) and per image group
-    (heading -> one image or several), in the mappings' order, images embedded as base64."""
+    """One self-contained HTML page: `notes` first (paragraphs a reader must see before the
+    scores, such as that the data are synthetic), then a section per table (heading -> CSV) and per
+    image group (heading -> one image or several), in the mappings' order, images embedded as
+    base64 with their caption from `captions` (image path -> text; else the path)."""
     tables, images = tables or {}, images or {}
+    described = {Path(path): text for path, text in (captions or {}).items()}
     if not tables and not images:
         raise VcorrError(f"{out_html}: nothing to put on the report page (no tables, no images)")
-    sections = [f"<h2>{html.escape(heading)}</h2>\n{table_html(path)}" for heading, path in tables.items()]
+    sections = [f'<p class="notice">{html.escape(note)}</p>' for note in notes]
+    sections += [f"<h2>{html.escape(heading)}</h2>\n{table_html(path)}" for heading, path in tables.items()]
     for heading, paths in images.items():
         group = [Path(paths)] if isinstance(paths, (str, os.PathLike)) else [Path(path) for path in paths]
-        figures = "\n".join(_image_html(path, caption) for path, caption in zip(group, _captions(group)))
+        figures = "\n".join(_image_html(path, described.get(path, caption)) for path, caption in zip(group, _captions(group)))
         sections.append(f'<h2>{html.escape(heading)}</h2>\n<div class="figures">\n{figures}\n</div>')
     page = (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{html.escape(title)}</title>\n'
             f"<style>{_STYLE}</style>\n<script>{_LOAD_CHECK}</script>\n</head>\n<body>\n"

@@ -23,9 +23,22 @@ from vcorr.evaluation.scoring import HEADLINES
 from vcorr.io import atomic_file, sha256_file, write_json
 from vcorr.provenance import git_state, package_version
 
-# Each scorer's headlines times this are in percent, as papers print them (DAVIS's scorer, like
-# the official one, gives fractions; PCK and mIoU are percentages already).
-PERCENT: dict[str, float] = {"davis": 100.0, "jhmdb": 1.0, "vip": 1.0}
+# What one unit of each scorer's numbers is in percent, as its official tool writes them (and the
+# scores JSON keeps them): davis2017-evaluation's J&F is a fraction, the VFS / Spa-then-Temp PCK
+# and VIP's mIoU are percent. The tables and the page show every headline in percent, the unit in
+# the column name, so that J&F never stands as 0.62 beside a PCK of 45.
+PERCENT_PER_UNIT: dict[str, float] = {"davis": 100.0, "jhmdb": 1.0, "vip": 1.0}
+_SCORER_OF = {name: scorer for scorer, names in HEADLINES.items() for name in names}
+
+
+def headline_column(name: str) -> str:
+    """The table column of a headline score: its name and unit (`J&F-Mean (%)`)."""
+    return f"{name} (%)"
+
+
+def headline_percent(name: str, value: float) -> float:
+    """A headline score as the scorer wrote it, in percent."""
+    return value * PERCENT_PER_UNIT[_SCORER_OF[name]] if name in _SCORER_OF else value
 SUMMARY_FIXED = ("benchmark", "method", "status")
 SUMMARY_TAIL = ("archive", "upload_to", "result", "note")
 
@@ -168,13 +181,15 @@ def write_result(out: Path, **kwargs: Any) -> dict[str, Any]:
 
 
 def summary_rows(result_files: Sequence[Path]) -> tuple[list[str], list[dict[str, Any]]]:
-    """One row per result: benchmark, method, status, headline scores, archive and upload page."""
+    """One row per result: benchmark, method, status, headline scores (in percent), archive and
+    upload page."""
     rows, metric_columns = [], []
     for path in result_files:
         result = _load_json(path, "a result of `vcorr report result`")
         if not isinstance(result, dict) or not {"benchmark", "method", "status"} <= set(result):
             raise VcorrError(f"{path}: not a vcorr result (needs benchmark, method, status)")
-        headline = result.get("headline") or {}
+        headline = {headline_column(name): headline_percent(name, value)
+                    for name, value in (result.get("headline") or {}).items()}
         for name in headline:
             if name not in metric_columns:
                 metric_columns.append(name)

@@ -19,7 +19,7 @@ from typing import Any
 from vcorr.evaluation.cross_protocol import Cell
 from vcorr.report.cross_protocol_table import CELL_COLUMNS, cell_rows
 from vcorr.report.published import numbers
-from vcorr.report.results import HEADLINES, PERCENT, write_table
+from vcorr.report.results import HEADLINES, headline_column, write_table
 
 DECIMALS = 2
 
@@ -37,15 +37,15 @@ def write_published_table(cells: Sequence[Cell], published: dict[str, Any], meth
         metrics += [name for name in number.values if name not in metrics]
     counts = {"rows": len(rows), "evaluated": 0, "published": 0, "compared": 0}
     for row, cell in zip(rows, cells):
-        scale = PERCENT.get(benchmarks[cell.benchmark]["scorer"], 1.0)
         number = by_cell.get((cell.method, cell.benchmark, cell.protocol))
         counts["evaluated"] += cell.evaluated_as is not None
         counts["published"] += number is not None
         compared = False
         for metric in metrics:
-            ours = row.get(metric)
+            # The summary's rows hold each headline in percent, under its column with the unit.
+            ours = row.pop(headline_column(metric), None)
             if ours not in (None, ""):
-                ours = row[metric] = round(float(ours) * scale, DECIMALS)
+                ours = row[metric] = round(float(ours), DECIMALS)
             theirs = number.values.get(metric) if number else None
             if theirs is not None:
                 row[f"{metric} published"] = theirs

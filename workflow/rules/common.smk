@@ -4,7 +4,12 @@
 # reader (vcorr.config: numbers such as 1e-4 are floats). The DAG imports only torch-free vcorr
 # modules (vcorr.config, vcorr.evaluation.methods, vcorr.provenance, ...), so that config
 # propagation.set is checked by the same code as the jobs' --set and the code digests are the
-# jobs' own. The jobs find the same registry folder via VCORR_CONFIG_DIR.
+# jobs' own. The jobs find the same registry folders via VCORR_CONFIG_DIR.
+#
+# Run from a checkout, or deployed as a module into a project folder that holds its own config/
+# (README "Deploying the workflow as a module"). The workflow's own files (schemas, default
+# registries, lists, training configs, envs, the vcorr package) are found from this file's
+# source; results/, resources/ and logs/ are written in the working directory.
 
 import functools
 import hashlib
@@ -18,11 +23,49 @@ from pathlib import Path
 import yaml
 from snakemake.utils import validate
 
-REPOSITORY = Path(workflow.basedir).parent
-# The DAG uses this checkout's vcorr, as the jobs do (shell.prefix below).
-sys.path.insert(0, str(REPOSITORY))
+# The workflow's source: workflow/ and, beside it, config/ (default registries, lists, training
+# configs), envs/ and the vcorr package. On disk for a checkout or a module given by its path; for a
+# module from a git host (github(...)), Snakemake fetches each file read into its source cache and
+# the vcorr package is the one installed in the environment.
+_RULES_DIR = Path(str(workflow.current_basedir))  # a folder, or a URL (github(...), gitfile(...))
+SOURCE_ROOT = _RULES_DIR.parents[1] if _RULES_DIR.is_dir() else None
 
-from vcorr.config import load_yaml_text, schema_error, with_exponent_floats
+
+def source_file(relative):
+    """A file of the workflow's source (relative to its root, e.g. config/datasets.yaml) as a local
+    path, or None when the source has none."""
+    if SOURCE_ROOT is not None:
+        path = SOURCE_ROOT / relative
+        return path if path.is_file() else None
+    try:
+        return Path(workflow.source_path(f"../../{relative}"))
+    except (WorkflowError, OSError):
+        return None
+
+
+# The DAG and the jobs use the source's own vcorr (a checkout: put first on sys.path here and on
+# the jobs' PYTHONPATH below), else the installed one, which must be the same release.
+VCORR_PACKAGE_ROOT = SOURCE_ROOT if SOURCE_ROOT and (SOURCE_ROOT / "vcorr" / "__init__.py").is_file() else None
+if VCORR_PACKAGE_ROOT:
+    sys.path.insert(0, str(VCORR_PACKAGE_ROOT))
+try:
+    import vcorr
+except ImportError:
+    raise WorkflowError(
+        'the vcorr package is not installed: python3 -m pip install "vcorr[workflow]" from the '
+        "release of this workflow (README: Deploying the workflow as a module)"
+    )
+if VCORR_PACKAGE_ROOT is None:
+    import tomllib
+
+    _release = tomllib.loads(source_file("pyproject.toml").read_text())["project"]["version"]
+    if vcorr.__version__ != _release:
+        raise WorkflowError(
+            f"the workflow is vcorr {_release}, the installed vcorr package is {vcorr.__version__}: "
+            "install the package of the workflow's release"
+        )
+
+from vcorr.config import find_config_file, load_yaml_text, schema_error, with_exponent_floats
 
 # Values Snakemake read from the config file, as vcorr reads values (1e-4 is a float).
 for section in ("propagation", "training"):
@@ -31,24 +74,62 @@ for section in ("propagation", "training"):
 
 validate(config, schema="../schemas/config.schema.yaml")
 
-# A relative `registries` is taken from the checkout (e.g. .test/config), whatever the working directory.
-REGISTRY_DIR = (REPOSITORY / (config["registries"] or "config")).resolve()
+
+def project_path(relative):
+    """A path a project names (config `registries`, a model's training `config`): in the working
+    directory when it is there, else in the workflow's source (a checkout's .test/config, the
+    training configs of config/train/ that a deployed project did not copy); None when in neither."""
+    path = Path(relative)
+    if path.is_absolute() or path.exists():
+        return path.resolve() if path.exists() else None
+    if SOURCE_ROOT is not None:
+        return (SOURCE_ROOT / path).resolve() if (SOURCE_ROOT / path).exists() else None
+    return source_file(relative)
+
+
+def registry_folders():
+    """Where each registry and list is looked up, first match wins (vcorr.config.find_config_file):
+    the config `registries` folder (null: config/), then the workflow's own config/, so that a
+    project's folder overrides any registry and takes the others from vcorr."""
+    own = SOURCE_ROOT / "config" if SOURCE_ROOT else source_file("config/datasets.yaml").parent
+    named = project_path(config["registries"] or "config")
+    if named is None and config["registries"]:
+        raise WorkflowError(
+            f"config registries: {config['registries']}: no such folder in the working directory "
+            f"{os.getcwd()} or in the workflow's source"
+        )
+    return list(dict.fromkeys(folder.resolve() for folder in (named, own) if folder is not None and folder.is_dir()))
+
+
+REGISTRY_FOLDERS = registry_folders()
+
+
+def registry_file(relative):
+    """`relative` (methods.yaml, lists/...) in the first registry folder holding it, else None."""
+    found = find_config_file(relative, REGISTRY_FOLDERS)
+    if found is None and SOURCE_ROOT is None:
+        # A module from a git host: the source's file, fetched into the folder of its config/.
+        found = source_file(f"config/{relative}")
+    return found
 
 
 def read_registry(name, optional=False):
     """A registry, checked against workflow/schemas/<name>.schema.yaml: a typo fails the DAG
-    (and so `snakemake -n`) with the file and the key, not a job later. An optional one that is
-    absent reads as empty."""
-    path = REGISTRY_DIR / f"{name}.yaml"
-    if optional and not path.is_file():
+    (and so `snakemake -n`) with the file and the key, not a job later. An optional one that no
+    registry folder holds reads as empty."""
+    path = registry_file(f"{name}.yaml")
+    if path is None and optional:
         return {}
-    if not path.is_file():
-        raise WorkflowError(f"{path}: registry missing (config key `registries`: {config['registries']})")
+    if path is None:
+        raise WorkflowError(
+            f"{name}.yaml: registry missing (looked in {', '.join(map(str, REGISTRY_FOLDERS))}; "
+            f"config key `registries`: {config['registries']})"
+        )
     try:
         data = load_yaml_text(path.read_text()) or {}
     except yaml.YAMLError as error:
         raise WorkflowError(f"{path}: invalid YAML ({error})")
-    error = schema_error(data, Path(workflow.basedir, "schemas", f"{name}.schema.yaml"))
+    error = schema_error(data, source_file(f"workflow/schemas/{name}.schema.yaml"))
     if error is not None:
         raise WorkflowError(f"{path}: {error}")
     return data
@@ -58,13 +139,21 @@ DATASETS = read_registry("datasets")
 BENCHMARKS = read_registry("benchmarks")
 # What `evaluate: benchmarks` may request: benchmarks whose scores are reported (role
 # evaluation); validation splits are read by training only (vcorr.evaluation.validation).
-EVALUATION_BENCHMARKS = {name: entry for name, entry in BENCHMARKS.items() if entry.get("role", "evaluation") == "evaluation"}
+EVALUATION_BENCHMARKS = {
+    name: entry for name, entry in BENCHMARKS.items() if entry.get("role", "evaluation") == "evaluation"
+}
 METHODS = read_registry("methods")
-# Models the workflow trains (rules/train.smk); a registry folder without models.yaml trains none.
+# Models the workflow trains (rules/train.smk); none when no registry folder holds models.yaml.
 MODELS = read_registry("models", optional=True)
 MODEL_FILE = "results/models/{model}.pth"
 # The model's untrained initialisation (`vcorr train --init-out`), the baseline `<method>_init`.
 INIT_FILE = "results/models/init/{model}.pth"
+
+
+def training_config(model_name):
+    """A model's training config (models.yaml `config`, e.g. config/train/hvc.yaml): the project's
+    copy when it has one, else the workflow's own; None when neither exists."""
+    return project_path(MODELS[model_name]["config"])
 
 
 def model_of_file(path):
@@ -75,7 +164,8 @@ def model_of_file(path):
             return found[1]
     return None
 
-# The cross-protocol table's references; a registry folder without protocols.yaml has no variants.
+
+# The cross-protocol table's references; no variants when no registry folder holds protocols.yaml.
 PROTOCOLS = read_registry("protocols", optional=True)
 
 
@@ -86,7 +176,7 @@ def protocol_variants():
     from vcorr.evaluation.cross_protocol import check_protocols, protocol_variants
 
     try:
-        check_protocols(PROTOCOLS, METHODS, str(REGISTRY_DIR / "protocols.yaml"))
+        check_protocols(PROTOCOLS, METHODS, str(registry_file("protocols.yaml") or "protocols.yaml"))
     except VcorrError as error:
         raise WorkflowError(str(error))
     return protocol_variants(METHODS, PROTOCOLS)
@@ -107,29 +197,42 @@ def check_references():
     for name, entry in METHODS.items():
         for benchmark in entry["benchmarks"]:
             if benchmark not in BENCHMARKS:
-                raise WorkflowError(f"{REGISTRY_DIR / 'methods.yaml'}: {name}.benchmarks.{benchmark}: not a benchmark of benchmarks.yaml")
+                raise WorkflowError(
+                    f"{registry_file('methods.yaml')}: {name}.benchmarks.{benchmark}: not a benchmark of benchmarks.yaml"
+                )
         for index, encoder in enumerate(entry["encoders"]):
             weights_id = (encoder.get("weights") or {}).get("id")
             if weights_id is not None and weights_id not in DATASETS:
-                raise WorkflowError(f"{REGISTRY_DIR / 'methods.yaml'}: {name}.encoders.{index}.weights.id: '{weights_id}' is not in datasets.yaml")
+                raise WorkflowError(
+                    f"{registry_file('methods.yaml')}: {name}.encoders.{index}.weights.id: '{weights_id}' is not in datasets.yaml"
+                )
             trained = model_of_file((encoder.get("weights") or {}).get("path"))
             if trained and trained not in MODELS:
-                raise WorkflowError(f"{REGISTRY_DIR / 'methods.yaml'}: {name}.encoders.{index}.weights.path: "
-                                    f"'{trained}' is not a model of models.yaml")
-    where = REGISTRY_DIR / "models.yaml"
+                raise WorkflowError(
+                    f"{registry_file('methods.yaml')}: {name}.encoders.{index}.weights.path: "
+                    f"'{trained}' is not a model of models.yaml"
+                )
+    where = registry_file("models.yaml")
     for name, entry in MODELS.items():
         dataset_id, split = entry["data"]["dataset"], entry["data"]["split"]
         if dataset_id not in DATASETS:
             raise WorkflowError(f"{where}: {name}.data.dataset: '{dataset_id}' is not in datasets.yaml")
         splits = list(DATASETS[dataset_id].get("index") or {})
         if splits != [split]:
-            raise WorkflowError(f"{where}: {name}.data.split: '{split}': resources/index/{dataset_id}.csv indexes "
-                                f"{', '.join(splits) or 'nothing'} (vcorr train reads every row: one split, that one)")
-        if not Path(REPOSITORY, entry["config"]).is_file():
-            raise WorkflowError(f"{where}: {name}.config: {REPOSITORY / entry['config']} does not exist")
+            raise WorkflowError(
+                f"{where}: {name}.data.split: '{split}': resources/index/{dataset_id}.csv indexes "
+                f"{', '.join(splits) or 'nothing'} (vcorr train reads every row: one split, that one)"
+            )
+        if training_config(name) is None:
+            raise WorkflowError(
+                f"{where}: {name}.config: {entry['config']} is neither in the working directory "
+                "nor in the workflow's source"
+            )
         for key, source in (entry.get("weights") or {}).items():
             if source.get("model") not in (None, *MODELS) or source.get("model") == name:
-                raise WorkflowError(f"{where}: {name}.weights.{key}.model: '{source['model']}' is not another model of models.yaml")
+                raise WorkflowError(
+                    f"{where}: {name}.weights.{key}.model: '{source['model']}' is not another model of models.yaml"
+                )
             if "id" in source and source["id"] not in DATASETS:
                 raise WorkflowError(f"{where}: {name}.weights.{key}.id: '{source['id']}' is not in datasets.yaml")
 
@@ -137,7 +240,9 @@ def check_references():
         for source in (MODELS[chain[-1]].get("weights") or {}).values():
             if "model" in source:
                 if source["model"] in chain:
-                    raise WorkflowError(f"{where}: {chain[0]} starts from itself ({' -> '.join(chain + [source['model']])})")
+                    raise WorkflowError(
+                        f"{where}: {chain[0]} starts from itself ({' -> '.join(chain + [source['model']])})"
+                    )
                 follow(chain + [source["model"]])
 
     for name in MODELS:
@@ -153,13 +258,15 @@ def check_published():
 
     if PUBLISHED:
         try:
-            check_published(PUBLISHED, METHODS, BENCHMARKS, DATASETS, str(REGISTRY_DIR / "published.yaml"))
+            check_published(PUBLISHED, METHODS, BENCHMARKS, DATASETS, str(registry_file("published.yaml")))
         except VcorrError as error:
             raise WorkflowError(str(error))
     unknown = [name for name in config["report"]["tables"] if name not in TABLES]
     if unknown:
-        raise WorkflowError(f"config report.tables: unknown table '{unknown[0]}' (tables of "
-                            f"{REGISTRY_DIR / 'published.yaml'}: {', '.join(TABLES) or 'none'})")
+        raise WorkflowError(
+            f"config report.tables: unknown table '{unknown[0]}' (tables of "
+            f"{registry_file('published.yaml') or 'no published.yaml'}: {', '.join(TABLES) or 'none'})"
+        )
 
 
 check_published()
@@ -176,7 +283,9 @@ def check_parameter_overrides():
     for benchmark, overrides in config["propagation"]["set"].items():
         key = f"config propagation.set.{benchmark}"
         if benchmark not in BENCHMARKS:
-            raise WorkflowError(f"{key}: unknown benchmark '{benchmark}' (benchmarks of {REGISTRY_DIR / 'benchmarks.yaml'}: {', '.join(BENCHMARKS)})")
+            raise WorkflowError(
+                f"{key}: unknown benchmark '{benchmark}' (benchmarks of {registry_file('benchmarks.yaml')}: {', '.join(BENCHMARKS)})"
+            )
         known = {"size", *(name for params in PROTOCOL_PARAMS.values() for name in params)}
         unknown = sorted(set(overrides) - known)
         if unknown:
@@ -187,11 +296,16 @@ def check_parameter_overrides():
                 continue
             try:
                 resolve_settings(
-                    method["protocol"], method["benchmarks"][benchmark], overrides,
-                    where=key, origin=f"{key}.", applied=f"{key}: {json.dumps(overrides)}",
+                    method["protocol"],
+                    method["benchmarks"][benchmark],
+                    overrides,
+                    where=key,
+                    origin=f"{key}.",
+                    applied=f"{key}: {json.dumps(overrides)}",
                 )
             except VcorrError as error:
                 raise WorkflowError(f"{error} [method {name}, protocol {method['protocol']}]")
+
 
 # Datasets with a folder of their own: unpacked from their archives, or written by their builder
 # (`built_by`, no download); a derived set such as davis16 reuses another's folder.
@@ -269,7 +383,7 @@ def cross_protocol_benchmarks():
 
 def unsupported_pair(benchmark, method):
     """Why (benchmark, method) cannot be evaluated, from the registries; None when it can."""
-    methods_file = REGISTRY_DIR / "methods.yaml"
+    methods_file = registry_file("methods.yaml")
     if method not in EVALUATED:
         return f"unknown method '{method}' (methods of {methods_file}: {', '.join(METHODS)}; <method>@<protocol> for another protocol)"
     supported = ", ".join(EVALUATED[method]["benchmarks"])
@@ -304,11 +418,13 @@ def unknown_target_regex():
                 reserved.add(parts[1])
     known = f"(?:{one_of(BENCHMARKS)})/(?:{one_of(EVALUATED)})"
     name = r"[^/]+"
-    return "|".join([
-        rf"(?!(?:{one_of(reserved)})/)(?!{known}\.(?:json|zip|agreement\.json)$){name}/{name}\.(?:json|zip)",
-        rf"(?:scores|crosscheck)/(?!{known}\.json$){name}/{name}\.json",
-        rf"predictions/(?!{known}/){name}/{name}/{name}",
-    ])
+    return "|".join(
+        [
+            rf"(?!(?:{one_of(reserved)})/)(?!{known}\.(?:json|zip|agreement\.json)$){name}/{name}\.(?:json|zip)",
+            rf"(?:scores|crosscheck)/(?!{known}\.json$){name}/{name}\.json",
+            rf"predictions/(?!{known}/){name}/{name}/{name}",
+        ]
+    )
 
 
 def refuse_unknown_target(wildcards):
@@ -348,7 +464,13 @@ def table_cells(table):
 
 def table_results(wildcards):
     """The result of every evaluated row: an input, so the table waits for (and plans) them all."""
-    return sorted({f"results/{cell.benchmark}/{cell.evaluated_as}.json" for cell in table_cells(wildcards.table) if cell.evaluated_as})
+    return sorted(
+        {
+            f"results/{cell.benchmark}/{cell.evaluated_as}.json"
+            for cell in table_cells(wildcards.table)
+            if cell.evaluated_as
+        }
+    )
 
 
 def table_heading(path):
@@ -372,8 +494,11 @@ def released_masks(benchmark, method):
 def agreement_inputs(wildcards):
     method_settings(wildcards.benchmark, wildcards.method)
     masks_id, _ = released_masks(wildcards.benchmark, wildcards.method)
-    return {**benchmark_data(wildcards), "predictions": f"results/predictions/{wildcards.benchmark}/{wildcards.method}/all",
-            "masks": f"resources/data/{masks_id}"}
+    return {
+        **benchmark_data(wildcards),
+        "predictions": f"results/predictions/{wildcards.benchmark}/{wildcards.method}/all",
+        "masks": f"resources/data/{masks_id}",
+    }
 
 
 # --- data ------------------------------------------------------------------------------------
@@ -390,6 +515,18 @@ def download_files(dataset):
         for item in DATASETS[dataset].get("files") or []
         if item.get("required", True) and not item.get("alternative_to")
     ]
+
+
+# Attempts after a failed download (a dropped connection, a file that fails its sha256).
+FETCH_RETRIES = 2
+
+
+def verified_downloads(dataset):
+    """The fetch rule's outputs: download_files, each wrapped in ensure(sha256=...) where its
+    datasets.yaml entry gives the publisher's sha256."""
+    folder = f"resources/downloads/{dataset}/"
+    hashes = {folder + item["name"]: item.get("sha256") for item in DATASETS[dataset].get("files") or []}
+    return [ensure(path, sha256=hashes[path]) if hashes[path] else path for path in download_files(dataset)]
 
 
 def benchmark_dataset(benchmark):
@@ -457,7 +594,7 @@ def training_inputs(wildcards):
     inputs = {
         "data": f"resources/data/{dataset}",
         "index": f"resources/index/{dataset}.csv",
-        "config": str(REPOSITORY / model["config"]),
+        "config": str(training_config(wildcards.model)),
     }
     inputs.update({key: model_source_file(source) for key, source in (model.get("weights") or {}).items()})
     validation = training_validation(wildcards.model)
@@ -465,14 +602,16 @@ def training_inputs(wildcards):
         benchmark, method = validation
         inputs["validation_data"] = f"resources/data/{benchmark_dataset(benchmark)}"
         inputs["validation_weights"] = [
-            weights_file(encoder["weights"]) for encoder in METHODS[method]["encoders"] if "id" in (encoder.get("weights") or {})
+            weights_file(encoder["weights"])
+            for encoder in METHODS[method]["encoders"]
+            if "id" in (encoder.get("weights") or {})
         ]
     return inputs
 
 
 def file_settings(model_name):
     """The keys of the model's training config file."""
-    path = REPOSITORY / MODELS[model_name]["config"]
+    path = training_config(model_name)
     try:
         return load_yaml_text(path.read_text()) or {}
     except yaml.YAMLError as error:
@@ -484,21 +623,31 @@ def training_validation(model_name):
     """(benchmark, method) the model validates on while training (`eval_every` > 0 in its config
     file or overrides), checked against the registries, else None. Without `eval_method`, the
     method of methods.yaml that evaluates the model's export, when there is one."""
-    where = f"{REGISTRY_DIR / 'models.yaml'}: {model_name}"
+    where = f"{registry_file('models.yaml')}: {model_name}"
     settings = {**file_settings(model_name), **model_overrides(model_name)}
     if not settings.get("eval_every"):
         return None
     benchmark, method = settings.get("eval_benchmark"), settings.get("eval_method")
     if method is None:
-        readers = [name for name, entry in METHODS.items() if any(
-            (encoder.get("weights") or {}).get("path") == MODEL_FILE.format(model=model_name) for encoder in entry["encoders"])]
+        readers = [
+            name
+            for name, entry in METHODS.items()
+            if any(
+                (encoder.get("weights") or {}).get("path") == MODEL_FILE.format(model=model_name)
+                for encoder in entry["encoders"]
+            )
+        ]
         if len(readers) != 1:
-            raise WorkflowError(f"{where}: eval_every without eval_method, and {len(readers)} methods of methods.yaml read "
-                                f"its export ({', '.join(readers) or 'none'}): set eval_method")
+            raise WorkflowError(
+                f"{where}: eval_every without eval_method, and {len(readers)} methods of methods.yaml read "
+                f"its export ({', '.join(readers) or 'none'}): set eval_method"
+            )
         method = readers[0]
     if BENCHMARKS.get(benchmark, {}).get("role") != "validation":
-        raise WorkflowError(f"{where}: eval_benchmark '{benchmark}' is not a benchmark of role validation in benchmarks.yaml "
-                            f"({', '.join(name for name, entry in BENCHMARKS.items() if entry.get('role') == 'validation')})")
+        raise WorkflowError(
+            f"{where}: eval_benchmark '{benchmark}' is not a benchmark of role validation in benchmarks.yaml "
+            f"({', '.join(name for name, entry in BENCHMARKS.items() if entry.get('role') == 'validation')})"
+        )
     if method not in METHODS:
         raise WorkflowError(f"{where}: eval_method '{method}' is not a method of methods.yaml")
     return benchmark, method
@@ -725,7 +874,7 @@ def scorer_lists(wildcards):
     entry = BENCHMARKS[wildcards.benchmark]
     if entry["scorer"] != "jhmdb" or "video_list" in entry:
         return {}
-    return {"split": str(REGISTRY_DIR / entry["split_list"])}
+    return {"split": str(registry_file(entry["split_list"]))}
 
 
 def scorer_arguments(wildcards, input, threads):
@@ -744,21 +893,24 @@ def job_resources(stage):
     return config["resources"][stage]
 
 
-# Every job sees the registries as VCORR_CONFIG_DIR and runs this checkout's `vcorr`
-# (workflow/scripts/vcorr: `python3 -m vcorr` with the checkout on PYTHONPATH), whatever
-# environment it runs in: the system one, or a conda env of envs/ (--software-deployment-method
-# conda) that holds only the dependencies. Cluster jobs re-read this file, so they get it too.
+# Every job sees the registry folders as VCORR_CONFIG_DIR and runs the workflow's own `vcorr`
+# (a checkout: workflow/scripts/vcorr, `python3 -m vcorr` with the checkout on PYTHONPATH; a module
+# from a git host: the installed one), whatever environment it runs in: the system one, or a conda
+# env of envs/ (--software-deployment-method conda) that holds only the dependencies. Cluster jobs
+# re-read this file, so they get it too.
 shell.prefix(
     "set -euo pipefail; "
-    f"export VCORR_CONFIG_DIR={shlex.quote(str(REGISTRY_DIR))}; "
-    f"export PATH={shlex.quote(str(Path(workflow.basedir, 'scripts')))}:\"$PATH\"; "
-    f"export PYTHONPATH={shlex.quote(str(REPOSITORY))}\"${{{{PYTHONPATH:+:$PYTHONPATH}}}}\"; "
+    f"export VCORR_CONFIG_DIR={shlex.quote(os.pathsep.join(map(str, REGISTRY_FOLDERS)))}; "
+    + (
+        f"export PATH={shlex.quote(str(VCORR_PACKAGE_ROOT / 'workflow' / 'scripts'))}:\"$PATH\"; "
+        f'export PYTHONPATH={shlex.quote(str(VCORR_PACKAGE_ROOT))}"${{{{PYTHONPATH:+:$PYTHONPATH}}}}"; '
+        if VCORR_PACKAGE_ROOT
+        else ""
+    )
 )
 
 
 # --- the report page (config report.page) ---
-
-from types import SimpleNamespace
 
 
 def trained_models_read():
@@ -779,6 +931,39 @@ def trained_models_read():
     return models
 
 
+TRAINING_CURVES = "results/report/training/{model}.png"
+OVERLAY_FILE = "results/report/overlays/{benchmark}/{method}/{sequence}.png"
+
+
+def result_labels(wildcards):
+    """How Snakemake's report lets a reviewer filter a result: benchmark, method, protocol (a
+    `<method>@<protocol>` variant is its method under that protocol)."""
+    from vcorr.evaluation.cross_protocol import split_name
+
+    method, _ = split_name(wildcards.method)
+    return {"benchmark": wildcards.benchmark, "method": method, "protocol": EVALUATED[wildcards.method]["protocol"]}
+
+
+def page_words(wildcards, input):
+    """`--note` and `--caption` arguments of `vcorr report page`: that the data are synthetic
+    (benchmarks of a dataset vcorr builds), and what each figure shows."""
+    from vcorr.report import captions
+
+    benchmarks = dict.fromkeys(benchmark for benchmark, _ in requested_pairs())
+    notes = captions.synthetic_data_notice(benchmarks, BENCHMARKS, DATASETS)
+    described = {input.scores: captions.scores_caption(config["report"]["cross_protocol"])}
+    for model in trained_models_read():
+        settings = json.loads(training_settings(model))["config"]
+        described[TRAINING_CURVES.format(model=model)] = captions.training_caption(model, MODELS[model], settings)
+    for entry in config["report"]["overlays"]:
+        described[OVERLAY_FILE.format(**entry)] = captions.overlay_caption(
+            entry["benchmark"], entry["method"], entry["sequence"]
+        )
+    arguments = [f"--note {shlex.quote(note)}" for note in notes]
+    arguments += [f"--caption {shlex.quote(f'{path}={text}')}" for path, text in described.items()]
+    return " ".join(arguments)
+
+
 def overlay_files():
     """One strip per config report.overlays entry, checked against the requested pairs."""
     files = []
@@ -788,5 +973,5 @@ def overlay_files():
             raise WorkflowError(f"config report.overlays.{index}: ({method}, {benchmark}) is not a requested pair")
         if BENCHMARKS[benchmark]["task"] not in ("vos", "vip"):
             raise WorkflowError(f"config report.overlays.{index}: {benchmark} has no label maps to overlay")
-        files.append(f"results/report/overlays/{benchmark}/{method}/{entry['sequence']}.png")
+        files.append(OVERLAY_FILE.format(**entry))
     return files

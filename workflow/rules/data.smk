@@ -5,7 +5,9 @@
 
 
 # One fetch rule per registry entry: an entry's output files are known only from the registry,
-# and one job must fetch all of an entry's files (never two jobs writing the same folder).
+# and one job must fetch all of an entry's files (never two jobs writing the same folder). A file
+# whose sha256 the registry gives is also checked by Snakemake (ensure): a mismatch fails the job
+# and removes the file, and `retries` fetches it again (a transfer vcorr's own resume let through).
 for _entry in DATASETS:
     if not download_files(_entry):
         continue
@@ -14,14 +16,15 @@ for _entry in DATASETS:
         name:
             f"fetch_{_entry}"
         output:
-            download_files(_entry),
-        params:
-            entry=_entry,
+            verified_downloads(_entry),
         log:
             f"logs/fetch/{_entry}.log",
+        retries: FETCH_RETRIES
         localrule: True
         conda:
             "../../envs/vcorr.yaml"
+        params:
+            entry=_entry,
         shell:
             "vcorr data fetch {params.entry} --dest resources/downloads > {log} 2>&1"
 
@@ -31,21 +34,20 @@ rule extract:
         lambda wildcards: download_files(wildcards.dataset),
     output:
         directory("resources/data/{dataset}"),
-    params:
-        # A built set's settings (datasets.yaml `build`): changing one rebuilds it.
-        build=lambda wildcards: json.dumps(DATASETS[wildcards.dataset].get("build", {}), sort_keys=True),
     log:
         "logs/extract/{dataset}.log",
     benchmark:
         "logs/benchmarks/extract/{dataset}.tsv"
+    conda:
+        "../../envs/vcorr.yaml"
     threads: job_resources("extract")["cpus_per_task"]
     resources:
         **job_resources("extract"),
-    conda:
-        "../../envs/vcorr.yaml"
+    params:
+        # A built set's settings (datasets.yaml `build`): changing one rebuilds it.
+        build=lambda wildcards: json.dumps(DATASETS[wildcards.dataset].get("build", {}), sort_keys=True),
     shell:
-        "vcorr data extract {wildcards.dataset} --downloads resources/downloads --dest resources/data"
-        " > {log} 2>&1"
+        "vcorr data extract {wildcards.dataset} --downloads resources/downloads --dest resources/data" " > {log} 2>&1"
 
 
 rule index:

@@ -8,6 +8,15 @@ rule propagate:
         weights=lambda wildcards: method_weights(wildcards.method),
     output:
         directory("results/predictions/{benchmark}/{method}/{part}"),
+    log:
+        "logs/propagate/{benchmark}/{method}.{part}.log",
+    benchmark:
+        "logs/benchmarks/propagate/{benchmark}/{method}.{part}.tsv"
+    conda:
+        "../../envs/vcorr.yaml"
+    threads: job_resources("propagate")["cpus_per_task"]
+    resources:
+        **job_resources("propagate"),
     params:
         data_root=lambda wildcards: data_root(wildcards.benchmark),
         # The method's settings for this benchmark: a change reruns this benchmark only.
@@ -18,15 +27,6 @@ rule propagate:
         shard=shard_argument,
         device=config["propagation"]["device"],
         weights_root=WEIGHTS_ROOT,
-    log:
-        "logs/propagate/{benchmark}/{method}.{part}.log",
-    benchmark:
-        "logs/benchmarks/propagate/{benchmark}/{method}.{part}.tsv"
-    threads: job_resources("propagate")["cpus_per_task"]
-    resources:
-        **job_resources("propagate"),
-    conda:
-        "../../envs/vcorr.yaml"
     shell:
         "vcorr propagate --benchmark {wildcards.benchmark} --data-root {params.data_root}"
         " --method-config {wildcards.method} --weights-root {params.weights_root} --device {params.device}"

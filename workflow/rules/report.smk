@@ -14,19 +14,20 @@ rule result:
             caption="../report/result.rst",
             category="Results",
             subcategory="{benchmark}",
+            labels=result_labels,
         ),
+    log:
+        "logs/result/{benchmark}/{method}.log",
+    localrule: True
+    conda:
+        "../../envs/vcorr.yaml"
+    resources:
+        **job_resources("report"),
     params:
         overrides=lambda wildcards: parameter_overrides(wildcards.benchmark),
         # A change of the code that trains a model this method reads re-flags the result (it
         # names models trained by other code; retraining stays `--forcerun train`).
         training_code=lambda wildcards: models_training_code(wildcards.method),
-    log:
-        "logs/result/{benchmark}/{method}.log",
-    resources:
-        **job_resources("report"),
-    localrule: True
-    conda:
-        "../../envs/vcorr.yaml"
     shell:
         "vcorr report result --benchmark {wildcards.benchmark} --method {wildcards.method}"
         " --evaluation {input.evaluation} --weights {input.weights}"
@@ -38,14 +39,14 @@ rule summary:
     input:
         [f"results/{benchmark}/{method}.json" for benchmark, method in requested_pairs()],
     output:
-        report("results/summary.csv", caption="../report/summary.rst", category="Summary"),
+        report("results/summary.csv", caption="../report/summary.rst", category="Summary", labels={"table": "summary"}),
     log:
         "logs/summary.log",
-    resources:
-        **job_resources("report"),
     localrule: True
     conda:
         "../../envs/vcorr.yaml"
+    resources:
+        **job_resources("report"),
     shell:
         "vcorr report summary {input} --out {output} > {log} 2>&1"
 
@@ -54,19 +55,30 @@ rule summary:
 # is its result above, the other's that of <method>@<protocol>.
 rule cross_protocol:
     input:
-        sorted({f"results/{cell.benchmark}/{cell.evaluated_as}.json" for cell in cross_protocol_cells() if cell.evaluated_as}),
+        sorted(
+            {
+                f"results/{cell.benchmark}/{cell.evaluated_as}.json"
+                for cell in cross_protocol_cells()
+                if cell.evaluated_as
+            }
+        ),
     output:
-        report("results/cross_protocol.csv", caption="../report/cross_protocol.rst", category="Summary"),
-    params:
-        methods=" ".join(cross_protocol_methods()),
-        benchmarks=" ".join(cross_protocol_benchmarks()),
+        report(
+            "results/cross_protocol.csv",
+            caption="../report/cross_protocol.rst",
+            category="Summary",
+            labels={"table": "cross-protocol"},
+        ),
     log:
         "logs/cross_protocol.log",
-    resources:
-        **job_resources("report"),
     localrule: True
     conda:
         "../../envs/vcorr.yaml"
+    resources:
+        **job_resources("report"),
+    params:
+        methods=" ".join(cross_protocol_methods()),
+        benchmarks=" ".join(cross_protocol_benchmarks()),
     shell:
         "vcorr report cross-protocol {input} --methods {params.methods} --benchmarks {params.benchmarks}"
         " --out {output} > {log} 2>&1"
@@ -77,16 +89,16 @@ rule cross_protocol:
 rule table:
     input:
         results=table_results,
-        published=str(REGISTRY_DIR / "published.yaml"),
+        published=lambda wildcards: str(registry_file("published.yaml")),
     output:
         report("results/tables/{table}.csv", caption="../report/table.rst", category="Summary"),
     log:
         "logs/tables/{table}.log",
-    resources:
-        **job_resources("report"),
     localrule: True
     conda:
         "../../envs/vcorr.yaml"
+    resources:
+        **job_resources("report"),
     shell:
         "vcorr report table {wildcards.table} {input.results} --out {output} > {log} 2>&1"
 
@@ -98,19 +110,19 @@ rule agreement:
         unpack(agreement_inputs),
     output:
         report("results/{benchmark}/{method}.agreement.json", caption="../report/agreement.rst", category="Agreement"),
+    log:
+        "logs/agreement/{benchmark}/{method}.log",
+    wildcard_constraints:
+        benchmark=one_of(benchmarks_scored_by("davis")),
+    conda:
+        "../../envs/vcorr.yaml"
+    threads: job_resources("score")["cpus_per_task"]
+    resources:
+        **job_resources("score"),
     params:
         root=lambda wildcards: data_root(wildcards.benchmark),
         masks=lambda wildcards: released_masks(wildcards.benchmark, wildcards.method)[1],
         code=lambda wildcards: agreement_code(),
-    wildcard_constraints:
-        benchmark=one_of(benchmarks_scored_by("davis")),
-    log:
-        "logs/agreement/{benchmark}/{method}.log",
-    threads: job_resources("score")["cpus_per_task"]
-    resources:
-        **job_resources("score"),
-    conda:
-        "../../envs/vcorr.yaml"
     shell:
         "vcorr report agreement --benchmark {wildcards.benchmark} --method {wildcards.method} --data-root {params.root}"
         " --predictions {input.predictions} --masks {params.masks} --jobs {threads} --out {output} > {log} 2>&1"
@@ -118,12 +130,15 @@ rule agreement:
 
 # --- the report page (config report.page): tables, score chart, training curves, overlays ----
 
+
 rule score_chart:
     input:
         # With the cross-protocol table: a hatch per protocol for every method.
         "results/cross_protocol.csv" if config["report"]["cross_protocol"] else "results/summary.csv",
     output:
-        "results/report/scores.png",
+        report(
+            "results/report/scores.png", caption="../report/scores.rst", category="Summary", labels={"table": "chart"}
+        ),
     log:
         "logs/report/scores.log",
     localrule: True
@@ -133,24 +148,27 @@ rule score_chart:
         "vcorr report figures scores {input} --out {output} > {log} 2>&1"
 
 
+# One figure per trained model: its metrics.csv (in the work dir, not an output; the exported
+# model is written after it), loss terms and every other logged term against the step.
 rule loss_curves:
     input:
-        [MODEL_FILE.format(model=model) for model in trained_models_read()],
+        MODEL_FILE,
     output:
-        "results/report/losses.png",
-    params:
-        # metrics.csv lives in the work dir (not an output); the exported model is written after it.
-        stages=lambda wildcards: " ".join(
-            f"{model}={training_workdir(SimpleNamespace(model=model))}/metrics.csv"
-            for model in trained_models_read()
+        report(
+            TRAINING_CURVES,
+            caption="../report/training.rst",
+            category="Training",
+            labels=lambda wildcards: {"model": wildcards.model, "training": MODELS[wildcards.model]["method"]},
         ),
     log:
-        "logs/report/losses.log",
+        "logs/report/training/{model}.log",
     localrule: True
     conda:
         "../../envs/vcorr.yaml"
+    params:
+        metrics=lambda wildcards: f"{training_workdir(wildcards)}/metrics.csv",
     shell:
-        "vcorr report figures losses {params.stages} --out {output} > {log} 2>&1"
+        "vcorr report figures losses {wildcards.model}={params.metrics} --out {output} > {log} 2>&1"
 
 
 rule overlay:
@@ -158,14 +176,20 @@ rule overlay:
         unpack(benchmark_data),
         predictions="results/predictions/{benchmark}/{method}/all",
     output:
-        "results/report/overlays/{benchmark}/{method}/{sequence}.png",
-    params:
-        root=lambda wildcards: data_root(wildcards.benchmark),
+        report(
+            OVERLAY_FILE,
+            caption="../report/overlay.rst",
+            category="Overlays",
+            subcategory="{benchmark}",
+            labels=lambda wildcards: {**result_labels(wildcards), "sequence": wildcards.sequence},
+        ),
     log:
         "logs/report/overlays/{benchmark}/{method}/{sequence}.log",
     localrule: True
     conda:
         "../../envs/vcorr.yaml"
+    params:
+        root=lambda wildcards: data_root(wildcards.benchmark),
     shell:
         "vcorr report figures overlay --benchmark {wildcards.benchmark} --root {params.root}"
         " --sequence {wildcards.sequence} --pred {input.predictions}/{wildcards.sequence} --out {output} > {log} 2>&1"
@@ -177,10 +201,15 @@ rule report_page:
         cross_protocol=["results/cross_protocol.csv"] if config["report"]["cross_protocol"] else [],
         published=[f"results/tables/{name}.csv" for name in config["report"]["tables"]],
         scores="results/report/scores.png",
-        losses=["results/report/losses.png"] if trained_models_read() else [],
+        losses=[TRAINING_CURVES.format(model=model) for model in trained_models_read()],
         overlays=overlay_files(),
     output:
-        report("results/report.html", caption="../report/page.rst", category="Summary"),
+        report("results/report.html", caption="../report/page.rst", category="Summary", labels={"table": "page"}),
+    log:
+        "logs/report/page.log",
+    localrule: True
+    conda:
+        "../../envs/vcorr.yaml"
     params:
         tables=lambda wildcards, input: " ".join(
             [f"--table Cross-protocol={path}" for path in input.cross_protocol]
@@ -195,11 +224,9 @@ rule report_page:
             )
             if files
         ),
-    log:
-        "logs/report/page.log",
-    localrule: True
-    conda:
-        "../../envs/vcorr.yaml"
+        # What the page says beside the tables and figures (vcorr.report.captions).
+        words=page_words,
     shell:
-        "vcorr report page --table Summary={input.summary} {params.tables} {params.images} --title 'vcorr report'"
+        "vcorr report page --table Summary={input.summary} {params.tables} {params.images} {params.words}"
+        " --title 'vcorr report'"
         " --out {output} > {log} 2>&1"

@@ -9,23 +9,23 @@ rule score:
         predictions="results/predictions/{benchmark}/{method}/all",
     output:
         "results/scores/{benchmark}/{method}.json",
+    log:
+        "logs/score/{benchmark}/{method}.log",
+    benchmark:
+        "logs/benchmarks/score/{benchmark}/{method}.tsv"
+    wildcard_constraints:
+        benchmark=one_of(benchmarks_scored_locally()),
+    conda:
+        "../../envs/vcorr.yaml"
+    threads: job_resources("score")["cpus_per_task"]
+    resources:
+        **job_resources("score"),
     params:
         scorer=lambda wildcards: BENCHMARKS[wildcards.benchmark]["scorer"],
         # This scorer's code digest: a change of it reruns its scorings only.
         code=lambda wildcards: scoring_code(BENCHMARKS[wildcards.benchmark]["scorer"]),
         root=lambda wildcards: data_root(wildcards.benchmark),
         extra=scorer_arguments,
-    wildcard_constraints:
-        benchmark=one_of(benchmarks_scored_locally()),
-    log:
-        "logs/score/{benchmark}/{method}.log",
-    benchmark:
-        "logs/benchmarks/score/{benchmark}/{method}.tsv"
-    threads: job_resources("score")["cpus_per_task"]
-    resources:
-        **job_resources("score"),
-    conda:
-        "../../envs/vcorr.yaml"
     shell:
         "vcorr score {params.scorer} --benchmark {wildcards.benchmark} --data-root {params.root}"
         " --predictions {input.predictions} --out {output} {params.extra} > {log} 2>&1"
@@ -36,17 +36,17 @@ rule export:
         lambda wildcards: prediction_parts(wildcards.benchmark, wildcards.method),
     output:
         "results/{benchmark}/{method}.zip",
-    wildcard_constraints:
-        benchmark=one_of(benchmarks_scored_by("server")),
     log:
         "logs/export/{benchmark}/{method}.log",
     benchmark:
         "logs/benchmarks/export/{benchmark}/{method}.tsv"
+    wildcard_constraints:
+        benchmark=one_of(benchmarks_scored_by("server")),
+    conda:
+        "../../envs/vcorr.yaml"
     threads: job_resources("export")["cpus_per_task"]
     resources:
         **job_resources("export"),
-    conda:
-        "../../envs/vcorr.yaml"
     shell:
         "vcorr export --benchmark {wildcards.benchmark} --predictions {input} --out {output} > {log} 2>&1"
 
@@ -60,20 +60,20 @@ rule crosscheck_davis:
         scores="results/scores/{benchmark}/{method}.json",
     output:
         "results/crosscheck/{benchmark}/{method}.json",
-    params:
-        root=lambda wildcards: data_root(wildcards.benchmark),
-        subset=lambda wildcards: BENCHMARKS[wildcards.benchmark]["subset"],
-    wildcard_constraints:
-        benchmark=one_of(CROSSCHECKED),
     log:
         "logs/crosscheck/{benchmark}/{method}.log",
     benchmark:
         "logs/benchmarks/crosscheck/{benchmark}/{method}.tsv"
+    wildcard_constraints:
+        benchmark=one_of(CROSSCHECKED),
+    conda:
+        "../../envs/davis2017-eval.yaml"
     threads: job_resources("score")["cpus_per_task"]
     resources:
         **job_resources("score"),
-    conda:
-        "../../envs/davis2017-eval.yaml"
+    params:
+        root=lambda wildcards: data_root(wildcards.benchmark),
+        subset=lambda wildcards: BENCHMARKS[wildcards.benchmark]["subset"],
     shell:
         "vcorr report crosscheck-davis --data-root {params.root} --predictions {input.predictions}"
         " --subset {params.subset} --scores {input.scores} --out {output} > {log} 2>&1"

@@ -9,10 +9,10 @@ rule unknown_target:
         refuse_unknown_target,
     output:
         "results/{target}",
-    wildcard_constraints:
-        target=unknown_target_regex(),
     log:
         "logs/unknown_target/{target}.log",
+    wildcard_constraints:
+        target=unknown_target_regex(),
     localrule: True
     conda:
         "../../envs/vcorr.yaml"

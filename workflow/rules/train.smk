@@ -15,6 +15,15 @@ rule train:
     output:
         model=MODEL_FILE,
         init=INIT_FILE,
+    log:
+        "logs/train/{model}.log",
+    benchmark:
+        "logs/benchmarks/train/{model}.tsv"
+    conda:
+        "../../envs/vcorr.yaml"
+    threads: config["resources"]["train"]["cpus_per_task"]
+    resources:
+        **training_resources(),
     params:
         # The resolved training config: a changed hyper-parameter reruns this model and what
         # uses it, nothing else.
@@ -24,15 +33,6 @@ rule train:
         overrides=training_arguments,
         device=config["training"]["device"],
         launcher=training_launcher,
-    log:
-        "logs/train/{model}.log",
-    benchmark:
-        "logs/benchmarks/train/{model}.tsv"
-    threads: config["resources"]["train"]["cpus_per_task"]
-    resources:
-        **training_resources(),
-    conda:
-        "../../envs/vcorr.yaml"
     shell:
         "{params.launcher} vcorr train --method {params.method} --config {input.config} --data {input.index}"
         " --workdir {params.workdir} --out {output.model} --init-out {output.init} --device {params.device} {params.overrides} >> {log} 2>&1"

@@ -11,13 +11,12 @@ for _weights, _files in weights_in_use().items():
             download_files(_weights),
         output:
             [f"resources/data/{_weights}/{name}" for name in _files],
-        params:
-            entry=_weights,
         log:
             f"logs/weights/{_weights}.log",
         localrule: True
         conda:
             "../../envs/vcorr.yaml"
+        params:
+            entry=_weights,
         shell:
-            "vcorr data extract {params.entry} --downloads resources/downloads --dest resources/data"
-            " > {log} 2>&1"
+            "vcorr data extract {params.entry} --downloads resources/downloads --dest resources/data" " > {log} 2>&1"
