@@ -44,12 +44,15 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vcorr.data.benchmarks import Benchmark
 from vcorr.evaluation.methods import Method
 from vcorr.evaluation.records import differing_records, record_path, refuse_differing
 from vcorr.provenance import code_digest
 
+if TYPE_CHECKING:  # numpy and torch load with the first propagation, not with the workflow's DAG
+    import numpy as np
 
 
 def prediction_code_digest() -> str:
@@ -222,7 +225,7 @@ def remove_partial_outputs(out: Path, task: str, sequence: str) -> None:
             leftover.unlink()
 
 
-def read_frame(path: Path, size: tuple[int, int]) -> "np.ndarray":
+def read_frame(path: Path, size: tuple[int, int]) -> np.ndarray:
     """uint8 RGB `[H, W, 3]` at the encoder's input size (bilinear, as the seeds' cv2 resizes)."""
     import cv2
     import numpy as np
@@ -359,7 +362,7 @@ def protocol_features(features, protocol: str):
     return dataclasses.replace(features, input=replaced)
 
 
-def initial_labels(plan: SequencePlan, benchmark: Benchmark) -> tuple["np.ndarray", dict[int, "np.ndarray"]]:
+def initial_labels(plan: SequencePlan, benchmark: Benchmark) -> tuple[np.ndarray, dict[int, np.ndarray]]:
     """First frame's id map as read, and (YouTube-VOS) `{t: ids of the objects first annotated at t}`.
 
     Labels are at the annotation resolution; each protocol's label path (`LABEL_PATHS`) takes

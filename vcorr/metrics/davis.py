@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import ctypes
-import functools
 import math
 import os
 import warnings
@@ -65,8 +64,13 @@ def seg2bmap(mask: np.ndarray) -> np.ndarray:
 
 
 def _packed_seg2bmap(mask: np.ndarray, layout: PackedLayout) -> np.ndarray:
+    """The boundary map of a bool mask, packed in `layout` (margin words first)."""
+    height, width = mask.shape
+    bits = np.zeros((height + 1, packed_masks.WORD_BITS * layout.stride), bool)
     # A copy of the last row and column gives the edge pixels their official neighbours.
-    return packed_masks.seg2bmap(layout.pack(np.pad(mask, ((0, 1), (0, 1)), mode="edge")), layout)
+    bits[:, : width + 1] = np.pad(mask, ((0, 1), (0, 1)), mode="edge")
+    boundary = packed_masks.seg2bmap(packed_masks.pack_rows(bits)[None], width)
+    return np.concatenate([np.zeros(layout.margin, np.uint64), boundary.reshape(-1)])
 
 
 def jaccard(pred: np.ndarray, gt: np.ndarray) -> float:
@@ -134,100 +138,91 @@ def db_statistics(values: np.ndarray) -> tuple[float, float, float]:
 # --- Fast per-frame measures -------------------------------------------------------------------
 
 
-Box = tuple[int, int, int, int]  # top, left, bottom, right (exclusive)
-
-
-def _nonzero_box(ids: np.ndarray) -> Box | None:
-    """Bounding box of the nonzero pixels of a 2-D uint8 map (one OpenCV scan), or None."""
-    import cv2
-
-    left, top, width, height = cv2.boundingRect(ids)
-    return None if width == 0 else (top, left, top + height, left + width)
-
-
 class Workspace:
-    """Frame-sized arrays reused by every frame that one process scores, handed out as views.
+    """Arrays reused by every frame that one process scores, handed out as views.
 
-    A fresh frame-sized temporary per object and mask is new memory that the kernel maps and
-    zeroes for work that touches it once (system time). These are allocated once, at the
-    largest size asked for; their contents are never assumed.
+    A fresh frame-sized temporary per frame is new memory that the kernel maps and zeroes for
+    work that touches it once (system time). These are allocated once, at the largest size asked
+    for; their contents are never assumed.
     """
 
     def __init__(self) -> None:
         self._arrays: dict[str, np.ndarray] = {}
 
-    def get(self, name: str, shape: tuple[int, int]) -> np.ndarray:
-        size = shape[0] * shape[1]
+    def get(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        size = math.prod(shape)
         array = self._arrays.get(name)
         if array is None or array.size < size:
             array = self._arrays[name] = np.empty(size, bool)
         return array[:size].reshape(shape)
 
-    def buffers(self, role: str, search: Box | None, frame_shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-        """For one map of a frame: a mask on its search box (contiguous, for OpenCV's scan), and
-        one to cut a mask with one more row and column from (`_mask_and_next`)."""
-        search_shape = (0, 0) if search is None else (search[2] - search[0], search[3] - search[1])
-        return (self.get(f"{role} search", search_shape),
-                self.get(f"{role} region", (frame_shape[0] + 1, frame_shape[1] + 1)))  # fmt: skip
+
+def _nonzero_box(image: np.ndarray) -> tuple[int, int, int, int] | None:
+    """Top, left, bottom, right (exclusive) of the nonzero pixels of a 2-D uint8 image (one OpenCV
+    scan; rows may lie apart in memory), or None."""
+    import cv2
+
+    left, top, width, height = cv2.boundingRect(image)
+    return None if width == 0 else (top, left, top + height, left + width)
 
 
-class _ObjectOnFrame:
-    """One object's mask on a frame, its box, and its packed boundary map around the box.
+@dataclass
+class _FrameMaps:
+    """Of one frame, per object, in the result and in the annotation: its pixels, its boundary
+    pixels, its packed boundary map on the frame's region ([side, object]: side 0 the result)
+    and the box of that map's boundary pixels (first row, first word, end row, end word)."""
 
-    The map covers the box grown by the matching reach (radius + 1: boundary pixels lie in the
-    box grown by one), its columns widened to whole words of the frame's 64-pixel grid, so that
-    the maps of both masks share a grid and meet by slicing.
+    areas: list[tuple[int, int]]
+    intersections: list[int]  # pixels of the object in both
+    sizes: list[tuple[int, int]]
+    maps: np.ndarray  # [2, K, rows, words]
+    boxes: list[tuple[tuple[int, int, int, int] | None, tuple[int, int, int, int] | None]]
+
+
+def _frame_maps(gt: np.ndarray, result: np.ndarray, ids: np.ndarray, workspace: Workspace) -> _FrameMaps | None:
+    """All objects' masks and boundary maps of one frame, computed together (`ids`: `[K, 1, 1]`
+    object ids), on the region around the union of both maps' nonzero boxes; None when both are 0.
+
+    Every mask is zero outside that box, so every boundary pixel lies in it grown by one row up and
+    one column left (a pixel is one when it differs from a neighbour right or below), and the row
+    and column after it are zero where the frame goes on: the frame's own (at its edge, copies of
+    its last, set after the pixel counts). The region's columns are whole words of the frame's
+    64-pixel grid, with one more word after them for the column after.
     """
-
-    def __init__(self, ids: np.ndarray, search: Box | None, object_id: int, radius: int,
-                 search_buffer: np.ndarray, region_buffer: np.ndarray) -> None:  # fmt: skip
-        self.box = None
-        self.area = self.n_boundary = 0
-        if search is None:
-            return
-        top, left, bottom, right = search
-        self.search = search
-        self.in_search = np.equal(ids[top:bottom, left:right], object_id, out=search_buffer)
-        box = _nonzero_box(self.in_search.view(np.uint8))
-        if box is None:
-            return
-        self.box = (box[0] + top, box[1] + left, box[2] + top, box[3] + left)
-        self.area = np.count_nonzero(self.in_search[box[0] : box[2], box[1] : box[3]])
-        height, width = ids.shape
-        reach, word = radius + 1, packed_masks.WORD_BITS
-        self.rows = slice(max(self.box[0] - reach, 0), min(self.box[2] + reach, height))
-        self.words = slice(max(self.box[1] - reach, 0) // word, -(-min(self.box[3] + reach, width) // word))
-        columns = slice(word * self.words.start, min(word * self.words.stop, width))
-        self.layout = PackedLayout(columns.stop - columns.start, radius)
-        mask = _mask_and_next(ids, object_id, self.rows, columns, region_buffer)
-        self.boundary = packed_masks.seg2bmap(self.layout.pack(mask), self.layout)
-        self.n_boundary = packed_masks.count(self.boundary)
-
-    def mask(self, box: Box) -> np.ndarray:
-        """The mask on `box` (inside the search box)."""
-        top, left = self.search[:2]
-        return self.in_search[box[0] - top : box[2] - top, box[1] - left : box[3] - left]
-
-    def boundary_window(self, rows: slice, words: slice) -> np.ndarray:
-        """The boundary map on `rows` and `words` (inside its own): rows x words, a view."""
-        own_rows = self.boundary[self.layout.margin :].reshape(-1, self.layout.stride)
-        return own_rows[rows.start - self.rows.start : rows.stop - self.rows.start,
-                        words.start - self.words.start : words.stop - self.words.start]  # fmt: skip
-
-
-def _mask_and_next(ids: np.ndarray, object_id: int, rows: slice, columns: slice, out: np.ndarray) -> np.ndarray:
-    """`ids[rows, columns] == object_id` and the row and column after: the frame's own, or at its
-    edge copies of the last (the official seg2bmap compares edge pixels only along the edge)."""
-    height, width = ids.shape
-    end_row, end_column = min(rows.stop + 1, height), min(columns.stop + 1, width)
-    out = out[: rows.stop - rows.start + 1, : columns.stop - columns.start + 1]
-    np.equal(ids[rows.start : end_row, columns.start : end_column], object_id,
-             out=out[: end_row - rows.start, : end_column - columns.start])  # fmt: skip
-    if end_row == rows.stop:
-        out[-1] = out[-2]
-    if end_column == columns.stop:
-        out[:, -1] = out[:, -2]
-    return out
+    height, width = gt.shape
+    boxes = [box for box in (_nonzero_box(result), _nonzero_box(gt)) if box is not None]
+    if not boxes:
+        return None
+    word, n_objects = packed_masks.WORD_BITS, len(ids)
+    top, bottom = max(min(box[0] for box in boxes) - 1, 0), max(box[2] for box in boxes)
+    first = max(min(box[1] for box in boxes) - 1, 0) // word
+    end = -(-max(box[3] for box in boxes) // word)
+    n_rows, n_words, region_width = bottom - top, end - first + 1, min(word * end, width) - word * first
+    bits = workspace.get("bits", (2, n_objects, n_rows + 1, word * n_words))
+    # The frame's rows and columns in the region and after it; what lies past its edge is zero.
+    last_row, last_column = min(bottom + 1, height), min(word * (end + 1), width)
+    inside = bits[:, :, : last_row - top, : last_column - word * first]
+    for side, frame in enumerate((result, gt)):
+        np.equal(frame[None, top:last_row, word * first : last_column], ids, out=inside[side])
+    bits[:, :, last_row - top :] = False
+    bits[:, :, :, last_column - word * first :] = False
+    masks = packed_masks.pack_rows(bits)
+    images = masks.reshape(2 * n_objects, -1)
+    areas = [packed_masks.count(image) for image in images]
+    intersections = [packed_masks.count_common(masks[0, index], masks[1, index]) for index in range(n_objects)]
+    if word * end >= width:
+        packed_masks.copy_column(masks[:, :, :n_rows], region_width - 1, region_width)
+    if bottom == height:
+        masks[:, :, n_rows] = masks[:, :, n_rows - 1]
+    boundaries = packed_masks.seg2bmap(masks.reshape(-1, n_rows + 1, n_words), region_width)
+    sizes = [packed_masks.count(image) for image in boundaries]
+    extents = []
+    for image in boundaries:  # OpenCV's box of a map's bytes: its rows, and its words
+        box = _nonzero_box(image.view(np.uint8))
+        extents.append(None if box is None else (box[0], box[1] // 8, box[2], -(-box[3] // 8)))
+    return _FrameMaps(list(zip(areas[:n_objects], areas[n_objects:])), intersections,
+                      list(zip(sizes[:n_objects], sizes[n_objects:])), boundaries.reshape(2, n_objects, n_rows, n_words),
+                      list(zip(extents[:n_objects], extents[n_objects:])))  # fmt: skip
 
 
 def score_frame(gt: np.ndarray, result: np.ndarray, n_objects: int) -> tuple[list[float], list[float]]:
@@ -239,15 +234,17 @@ def score_frame(gt: np.ndarray, result: np.ndarray, n_objects: int) -> tuple[lis
 def score_frames(
     frames: Iterable[tuple[np.ndarray, np.ndarray]], n_objects: int, workspace: Workspace
 ) -> tuple[np.ndarray, np.ndarray]:
-    """J and F (`[n_objects, n_frames]`) of objects 1..n_objects on (annotation, result) id maps.
+    """J and F (`[n_objects, n_frames]`) of objects 1..n_objects on (annotation, result) id maps
+    (ids above n_objects, void included, are no object).
 
     Equal to `jaccard` and `boundary_f` on each whole frame (see the module docstring). The
     boundary windows of all objects and frames are matched together, in batches of
     `_MATCH_BATCH_WORDS` (`packed_masks.matched_in_reach`).
     """
+    ids = np.arange(1, n_objects + 1, dtype=np.uint8).reshape(-1, 1, 1)
     j_columns, f_columns = [], []
-    boundary_sizes: dict[tuple[int, int], tuple[int, int]] = {}  # (object, frame) -> |B(P)|, |B(G)|
     windows: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}  # (object, frame) -> to match
+    boundary_sizes: dict[tuple[int, int], tuple[int, int]] = {}  # (object, frame) -> |B(P)|, |B(G)|
     radius, batch_words = None, 0
 
     def match() -> None:
@@ -260,25 +257,26 @@ def score_frames(
             if windows:
                 match()
             radius, batch_words = boundary_tolerance(*gt.shape), 0
-        # Objects are searched for only where their maps are nonzero.
-        gt_search, result_search = _nonzero_box(gt), _nonzero_box(result)
-        pred_buffers = workspace.buffers("pred", result_search, gt.shape)
-        gt_buffers = workspace.buffers("gt", gt_search, gt.shape)
-        j_columns.append(np.empty(n_objects))
-        f_columns.append(np.empty(n_objects))
+        j_columns.append(np.ones(n_objects))  # both masks empty
+        f_columns.append(np.ones(n_objects))
+        maps = _frame_maps(gt, result, ids, workspace) if n_objects else None
+        if maps is None:
+            continue
+        reach = -(-radius // packed_masks.WORD_BITS)  # words
+        n_rows, n_words = maps.maps.shape[2:]
         for index in range(n_objects):
-            pred = _ObjectOnFrame(result, result_search, index + 1, radius, *pred_buffers)
-            truth = _ObjectOnFrame(gt, gt_search, index + 1, radius, *gt_buffers)
-            j_columns[frame][index] = _jaccard_in_boxes(pred, truth)
-            f_columns[frame][index] = f_from_boundary_counts(pred.n_boundary, truth.n_boundary, 0, 0)
-            if not (pred.n_boundary and truth.n_boundary):
+            (pred_area, gt_area), (n_pred, n_gt) = maps.areas[index], maps.sizes[index]
+            j_columns[frame][index] = _jaccard_of_areas(pred_area, gt_area, maps.intersections[index])
+            f_columns[frame][index] = f_from_boundary_counts(n_pred, n_gt, 0, 0)
+            if not (n_pred and n_gt):
                 continue  # the sizes alone decide F
-            rows = slice(max(pred.rows.start, truth.rows.start), min(pred.rows.stop, truth.rows.stop))
-            words = slice(max(pred.words.start, truth.words.start), min(pred.words.stop, truth.words.stop))
+            # Matched pixels lie within reach of both boundaries: in these rows and words.
+            pred_box, gt_box = maps.boxes[index]
+            rows = slice(max(max(pred_box[0], gt_box[0]) - radius, 0), min(min(pred_box[2], gt_box[2]) + radius, n_rows))
+            words = slice(max(max(pred_box[1], gt_box[1]) - reach, 0), min(min(pred_box[3], gt_box[3]) + reach, n_words))
             if rows.start < rows.stop and words.start < words.stop:
-                # Matched pixels lie within reach of both boxes: in these rows and words.
-                windows[index, frame] = pred.boundary_window(rows, words), truth.boundary_window(rows, words)
-                boundary_sizes[index, frame] = pred.n_boundary, truth.n_boundary
+                windows[index, frame] = maps.maps[0, index, rows, words], maps.maps[1, index, rows, words]
+                boundary_sizes[index, frame] = n_pred, n_gt
                 batch_words += (rows.stop - rows.start) * (words.stop - words.start)
                 if batch_words > _MATCH_BATCH_WORDS:
                     match()
@@ -286,16 +284,6 @@ def score_frames(
     if windows:
         match()
     return np.stack(j_columns, axis=1), np.stack(f_columns, axis=1)
-
-
-def _jaccard_in_boxes(pred: _ObjectOnFrame, truth: _ObjectOnFrame) -> float:
-    intersection = 0
-    if pred.box is not None and truth.box is not None:
-        both = (max(pred.box[0], truth.box[0]), max(pred.box[1], truth.box[1]),
-                min(pred.box[2], truth.box[2]), min(pred.box[3], truth.box[3]))  # fmt: skip
-        if both[0] < both[2] and both[1] < both[3]:
-            intersection = np.count_nonzero(pred.mask(both) & truth.mask(both))
-    return _jaccard_of_areas(pred.area, truth.area, intersection)
 
 
 # --- Sequences and whole results folders -------------------------------------------------------
@@ -320,19 +308,18 @@ class SequenceTask:
 
 
 def read_annotation(path: Path, merge_objects: bool) -> np.ndarray:
-    """Annotation ids with void (255) as background; with `merge_objects` every id becomes 1."""
-    import cv2
-
+    """Annotation ids, void (255) included: scoring compares ids with 1..n_objects (below void),
+    so void is background. With `merge_objects` every object id becomes 1, void 0."""
     ids = read_ids(path)
-    cv2.threshold(ids, VOID_ID - 1, 0, cv2.THRESH_TOZERO_INV, dst=ids)  # ids above 254 (void) -> 0
     if merge_objects:
-        ids = (ids != 0).view(np.uint8)
+        ids = ((ids != 0) & (ids != VOID_ID)).view(np.uint8)
     return ids
 
 
 def score_sequence(task: SequenceTask) -> SequenceScores:
     """Score frames 1..T-2 of one sequence; objects are the ids of its first annotation."""
-    n_objects = int(read_annotation(task.annotations[0], task.merge_objects).max())
+    first = read_annotation(task.annotations[0], task.merge_objects)
+    n_objects = int(first[first != VOID_ID].max(initial=0))
     scored = task.annotations[1:-1]
     j, f = score_frames(_frames(task, scored, n_objects), n_objects, Workspace())
     return SequenceScores(task.name, [path.stem for path in scored], j, f)

@@ -99,25 +99,39 @@ def count_common(first: np.ndarray, second: np.ndarray) -> int:
     return (count(first) + count(second) - int(cv2.norm(first.view(np.uint8), second.view(np.uint8), cv2.NORM_HAMMING))) // 2
 
 
-def seg2bmap(mask_words: np.ndarray, layout: PackedLayout) -> np.ndarray:
-    """Martin et al.'s boundary map of the rows of a packed mask but its last one.
+def pack_rows(mask: np.ndarray) -> np.ndarray:
+    """A C-contiguous bool `[..., 64 * n]` array as words `[..., n]` (one flat packbits call)."""
+    words = np.packbits(mask.reshape(-1), bitorder="little").view(np.uint64)
+    return words.reshape(*mask.shape[:-1], mask.shape[-1] // WORD_BITS)
 
-    A pixel differs from its right, bottom or bottom-right neighbour. The mask carries one more
-    row and one more pixel per row than the map (`layout.width` + 1): the real neighbours inside
-    the frame, copies of the last row and column at its edge (which makes the last row compare
-    only rightwards, the last column only downwards, as the official seg2bmap).
+
+def copy_column(words: np.ndarray, source: int, target: int) -> None:
+    """Set pixel `target` of each row (`[..., stride]` words) to its pixel `source`, which is set
+    where `target` is clear."""
+    bits = np.bitwise_and(np.right_shift(words[..., source // WORD_BITS], _SHIFTS[source % WORD_BITS]), _SHIFTS[1])
+    column = words[..., target // WORD_BITS]
+    np.bitwise_or(column, np.left_shift(bits, _SHIFTS[target % WORD_BITS], out=bits), out=column)
+
+
+def seg2bmap(mask: np.ndarray, width: int) -> np.ndarray:
+    """Martin et al.'s boundary maps (`[n, h, stride]`) of packed masks `[n, h + 1, stride]`
+    (C-contiguous; pixels 0..width of each row, the rest clear).
+
+    A pixel differs from its right, bottom or bottom-right neighbour. Each mask carries one more
+    row and one more pixel per row than its map: the real neighbours inside the frame, copies of
+    the last row and column at its edge (which makes the last row compare only rightwards, the
+    last column only downwards, as the official seg2bmap). With h = m ^ right (bitwise), the map
+    is h[y] | (m[y] ^ m[y + 1]) | h[y + 1]: m ^ bottom-right = (m ^ bottom) ^ h[y + 1].
     """
+    flat = mask.reshape(-1)
     # Bit x of `right` holds pixel x + 1: the word moved down a bit, the next word's first pixel on top.
-    right = np.right_shift(mask_words, _SHIFTS[1])
-    np.bitwise_or(right[:-1], np.left_shift(mask_words[1:], _SHIFTS[WORD_BITS - 1]), out=right[:-1])
-    below = slice(layout.stride, None)
-    above = slice(0, mask_words.size - layout.stride)
-    boundary = np.bitwise_xor(mask_words[above], right[above])
-    scratch = np.bitwise_xor(mask_words[above], mask_words[below])
-    np.bitwise_or(boundary, scratch, out=boundary)
-    np.bitwise_xor(mask_words[above], right[below], out=scratch)
-    np.bitwise_or(boundary, scratch, out=boundary)
-    layout.clear_outside(boundary)
+    right = np.right_shift(flat, _SHIFTS[1])
+    np.bitwise_or(right[:-1], np.left_shift(flat[1:], _SHIFTS[WORD_BITS - 1]), out=right[:-1])
+    across = np.bitwise_xor(flat, right, out=right).reshape(mask.shape)
+    boundary = np.bitwise_xor(mask[:, :-1], mask[:, 1:])
+    np.bitwise_or(boundary, across[:, :-1], out=boundary)
+    np.bitwise_or(boundary, across[:, 1:], out=boundary)
+    np.bitwise_and(boundary, _pixel_bits(width, mask.shape[2]), out=boundary)
     return boundary
 
 
