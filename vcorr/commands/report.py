@@ -154,15 +154,12 @@ def run_cross_protocol(args: argparse.Namespace) -> int:
 
 
 def run_table(args: argparse.Namespace) -> int:
-    from vcorr.config import config_dir, load_registry
-    from vcorr.errors import VcorrError
+    from vcorr.config import config_file, load_registry, optional_config_file
     from vcorr.report.published import check_published, table_cells
     from vcorr.report.tables import write_published_table
 
-    where = config_dir() / "published.yaml"
-    if not where.is_file():
-        raise VcorrError(f"{where}: no published.yaml in the registry folder: it defines the tables")
-    protocols = load_registry("protocols") if (config_dir() / "protocols.yaml").is_file() else {}
+    where = config_file("published.yaml", "published.yaml (it defines the tables)")
+    protocols = load_registry("protocols") if optional_config_file("protocols.yaml") else {}
     published, methods, benchmarks = load_registry("published"), load_registry("methods"), load_registry("benchmarks")
     check_published(published, methods, benchmarks, load_registry("datasets"), str(where))
     cells = table_cells(args.table, published, methods, protocols, benchmarks)
