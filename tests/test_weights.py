@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import re
 from collections import OrderedDict
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -57,6 +58,14 @@ def without(state: dict, *prefixes: str) -> dict:
 
 def training_args() -> argparse.Namespace:
     return argparse.Namespace(lr=1e-3, epochs=20, remove_stride_layers=("layer3", "layer4"), seed=42)
+
+
+def save_training_checkpoint(path: Path, model: OrderedDict, epoch: int) -> Path:
+    """A checkpoint as HVC's (and SFC's) training loop saves it: the whole model, the optimiser, the
+    epoch and the argparse namespace (which is why `weights_only` loading needs allow-listing)."""
+    torch.save({"model": model, "optimizer": {"state": {}, "param_groups": []}, "epoch": epoch,
+                "args": training_args()}, path)
+    return path
 
 
 def reference_features(truth, depth, x, *, stride_one, stem_pool="max", last="layer3", reflect=False):
@@ -134,9 +143,7 @@ def test_hvc_training_checkpoint(tmp_path, hvc_truth):
     model = OrderedDict((f"online_encoder.{k}", v) for k, v in without(hvc_truth, "fc.").items())
     model.update((f"target_encoder.{k}", v + 1) for k, v in without(hvc_truth, "fc.").items() if v.is_floating_point())
     model.update(hvc_heads())
-    path = tmp_path / "hvc_epoch_20.pth"
-    torch.save({"model": model, "optimizer": {"state": {}, "param_groups": []}, "epoch": 20,
-                "args": training_args()}, path)
+    path = save_training_checkpoint(tmp_path / "hvc_epoch_20.pth", model, 20)
 
     encoder = build_encoder("hvc_r18")
     report = load_weights(encoder, path, "hvc")
@@ -498,9 +505,7 @@ def test_sfc_fine_grained_checkpoint(tmp_path):
     model.update((f"target_encoder.{k}", constant(*v.shape)) for k, v in encoder_state.items())
     for name, in_dim in (("online_projector", 512), ("target_projector", 512), ("predictor", 256)):
         model.update(byol_mlp(name, in_dim, 2048, 256))
-    path = tmp_path / "pretrained_fc.pth"
-    torch.save({"model": model, "optimizer": {"state": {}, "param_groups": []}, "epoch": 19,
-                "args": training_args()}, path)
+    path = save_training_checkpoint(tmp_path / "pretrained_fc.pth", model, 19)
     encoder = build_encoder("hvc_r18")
     report = load_weights(encoder, path, "sfc")
     assert_landed(encoder, truth)
