@@ -114,6 +114,7 @@ def test_two_ranks_match_one_process_and_only_rank_0_writes(duplicated, tmp_path
     assert sum(float(gradient.abs().sum()) for gradient in single.values()) > 0
 
 
+@pytest.mark.slow
 def test_torchrun_runs_the_same_command(tmp_path):
     index = write_images(tmp_path / "images", 8)
     workdir, out = tmp_path / "work", tmp_path / "encoder.pth"

@@ -69,6 +69,7 @@ def _divergence_message(done: subprocess.CompletedProcess) -> re.Match:
     return found
 
 
+@pytest.mark.slow
 def test_a_diverging_run_stops_and_its_checkpoint_holds_only_finite_tensors(data, tmp_path):
     # lr 1e30 makes the weights non-finite within a few steps; with a checkpoint after every step,
     # the state about to be saved is where it shows first, and the last good one stays on disk.
@@ -83,6 +84,7 @@ def test_a_diverging_run_stops_and_its_checkpoint_holds_only_finite_tensors(data
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_a_non_finite_loss_stops_before_its_backward_pass(tmp_path):
     # Checkpoints at epoch ends only (4 steps): the loss turns non-finite first, and nothing is saved.
     data = write_images(tmp_path / "images", 16)
@@ -105,6 +107,7 @@ def test_a_state_with_a_nan_is_never_saved():
 # --- one run per work dir -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_second_run_on_the_same_workdir_is_refused_with_the_holders_pid_and_host(data, tmp_path):
     workdir = tmp_path / "work"
     first = subprocess.Popen(train_command(data, workdir, tmp_path / "first.pth", "epochs=200"), env=environment(),

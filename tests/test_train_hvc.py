@@ -391,6 +391,7 @@ def test_dataset_views_boxes_and_video_variant(tmp_path):
     assert len(video) == 4  # two sequences of three frames, two frames each per epoch
 
 
+@pytest.mark.slow
 def test_short_training_run_lowers_the_loss(tmp_path):
     torch.manual_seed(0)
     index = write_index(tmp_path / "images", 8)

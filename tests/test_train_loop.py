@@ -153,6 +153,7 @@ def _rows(path):
         return list(csv.DictReader(handle))
 
 
+@pytest.mark.slow
 def test_train_logs_exports_and_reports(tmp_path):
     index = write_images(tmp_path / "images", 8)
     workdir, out = tmp_path / "work", tmp_path / "encoder.pth"
@@ -181,6 +182,7 @@ def test_train_logs_exports_and_reports(tmp_path):
     assert len(_rows(workdir / "metrics.csv")) == 4
 
 
+@pytest.mark.slow
 def test_drop_last_drops_the_partial_batch_and_resumes_exactly(tmp_path):
     index = write_images(tmp_path / "images", 10)  # batch 4: 2 whole batches per epoch, 2 images left
     run = ("epochs=2", "shuffle=true", "drop_last=true")
@@ -254,6 +256,7 @@ def test_checkpoint_of_another_method_is_refused(tmp_path):
         _refused(result, out, str(checkpoint_path(workdir)), "method 'stt'")
 
 
+@pytest.mark.slow
 def test_changed_hyper_parameter_is_refused_unless_restart(tmp_path):
     index = write_images(tmp_path / "images", 4)
     workdir, out = tmp_path / "work", tmp_path / "encoder.pth"

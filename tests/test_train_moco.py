@@ -176,6 +176,7 @@ def _shuffle_worker(rank: int, folder: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_shuffle_bn_two_processes_gloo(tmp_path):
     mp.spawn(_shuffle_worker, args=(str(tmp_path),), nprocs=SHUFFLE_WORLD, join=True)
     results = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(SHUFFLE_WORLD)]
@@ -304,6 +305,7 @@ def test_unreadable_image_names_the_file(tmp_path):
         dataset[1]
 
 
+@pytest.mark.slow
 def test_short_cpu_run_lowers_the_loss():
     # Instance discrimination of 16 random 16x16 images whose two views are independent noisy
     # copies (MoCo's image augmentations slow a tiny run down to hundreds of steps; they are
@@ -375,6 +377,7 @@ def test_vcorr_train_moco_drops_the_partial_batch_as_main_moco(tmp_path, capsys)
         moco.Config(drop_last=False)
 
 
+@pytest.mark.slow
 def test_vcorr_train_moco_resumes_exactly(tmp_path, capsys):
     # Queue, pointer, key encoder and the global RNG that draws the shuffle all come back: two
     # steps, then a rerun to four, equals four steps at once.

@@ -111,6 +111,7 @@ def _tensorboard_steps(workdir, tag: str) -> list[int]:
     return sorted(steps)
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_mid_epoch_and_rerun_is_bit_identical(data, uninterrupted, tmp_path):
     workdir, out = tmp_path / "work", tmp_path / "encoder.pth"
     # checkpoint_every=0: only epoch ends are scheduled, so the checkpoint after the signal (mid
@@ -129,6 +130,7 @@ def test_sigterm_checkpoints_mid_epoch_and_rerun_is_bit_identical(data, uninterr
     _compare(uninterrupted, _final(workdir, out))
 
 
+@pytest.mark.slow
 def test_sigusr1_exits_with_its_own_code(data, tmp_path):
     stopped = _interrupt(data, tmp_path / "work", tmp_path / "encoder.pth", signal.SIGUSR1, 1, "checkpoint_every=0")
     assert stopped.returncode == 128 + signal.SIGUSR1

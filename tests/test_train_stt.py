@@ -499,6 +499,7 @@ def test_clip_pairs_dataset(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # A short run.
 
+@pytest.mark.slow
 def test_short_training_run_lowers_the_loss(tmp_path):
     torch.manual_seed(0)
     rows = write_video(tmp_path, "video_a", 3) + write_video(tmp_path, "video_b", 3, width=80)
@@ -522,6 +523,7 @@ def test_short_training_run_lowers_the_loss(tmp_path):
     assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
 
 
+@pytest.mark.slow
 def test_vcorr_train_stt_end_to_end(tmp_path):
     """`vcorr train --method stt` with the published R18 config on tiny clips: the loop runs the
     module, logs the four terms and exports a file vcorr's `stt` weight format evaluates."""
@@ -550,6 +552,7 @@ def test_vcorr_train_stt_end_to_end(tmp_path):
     assert report.complete and not report.unexpected
 
 
+@pytest.mark.slow
 def test_torchrun_on_cpu_with_the_published_sync_bn_config(tmp_path):
     """`sync_bn: true` (the published config) under torchrun on CPU: SyncBatchNorm is CUDA-only,
     so the conversion is skipped with one warning and the two processes train."""

@@ -143,6 +143,7 @@ def test_validation_never_reads_the_test_split(davis, method_file, tmp_path):
     assert sorted(scored) == [f"{name}_1" for name in TRAIN]
 
 
+@pytest.mark.slow
 def test_validation_leaves_training_bit_identical_and_its_history_resumes(davis, method_file, tmp_path):
     index = write_images(tmp_path / "images", 8, square=32)
     plain = run_train(index, tmp_path / "plain", tmp_path / "plain.pth", "max_steps=4")
@@ -172,6 +173,7 @@ def test_validation_leaves_training_bit_identical_and_its_history_resumes(davis,
     assert_identical(exported, torch.load(tmp_path / "validated" / "best.pth", weights_only=False))
 
 
+@pytest.mark.slow
 def test_a_model_that_does_not_learn_is_reported_flat(davis, method_file, tmp_path):
     """lr 0: the weights never move (the export keeps the initialisation's), and validation
     reports no improvement. Only the BatchNorm running statistics change, by the train-mode

@@ -106,6 +106,7 @@ def test_dry_run_of_the_field_table_plans_every_rows_jobs(fresh_directory):
     assert "vcorr report table field" in done.stdout
 
 
+@pytest.mark.slow
 def test_official_davis_crosscheck_joins_all_when_enabled(fresh_directory, tmp_path):
     overlay = tmp_path / "crosscheck.yaml"
     overlay.write_text(yaml.safe_dump({"scoring": {"crosscheck_davis": True}}))

@@ -78,6 +78,9 @@ def test_tiny_configuration_runs_through_sbatch_with_gpu_requests(scratch, tmp_p
         snakemake = [
             sys.executable, "-m", "snakemake", "-s", str(REPO / "workflow" / "Snakefile"), "--profile", "slurm", "all", *TRAINED,
             "--default-resources", "slurm_partition=debug", "slurm_account=root",
+            # The one-node test cluster answers at once: status checks every second, not the profile's
+            # 20 s before the first one and Snakemake's 10 s between rounds.
+            "--slurm-init-seconds-before-status-checks", "1", "--seconds-between-status-checks", "1",
             "--configfile", str(TINY / "config/config.yaml"), str(overlay),
         ]
         environment = {**os.environ, "XDG_CONFIG_HOME": str(config_home), "VCORR_MIRROR": mirror_url,

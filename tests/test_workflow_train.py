@@ -194,6 +194,7 @@ def test_validating_on_an_evaluation_benchmark_fails_the_dry_run(fresh_directory
 # --- the tiny configuration -------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_manual_training_data_fails_its_job_with_where_to_put_it_not_the_dry_run(tiny_mirror, tmp_path):
     mirror, url = tiny_mirror
     workspace = make_tiny_workspace(tmp_path, mirror, url)
