@@ -11,7 +11,7 @@ full demo is the README's command.
 from __future__ import annotations
 
 import csv
-import hashlib
+import itertools
 import os
 import re
 import shutil
@@ -25,6 +25,7 @@ import pytest
 import yaml
 
 from tests.test_report_figures import chromium_binary, headless
+from workflow_fixtures import files_below, fresh_checkout, registry
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = "config/demo/config.yaml"
@@ -45,10 +46,6 @@ report: {{overlays: [{{benchmark: demo_davis, method: demo_stt, sequence: coffee
 """
 
 
-def registry(name: str) -> dict:
-    return yaml.safe_load((REPOSITORY / "config" / f"{name}.yaml").read_text())
-
-
 def demo_methods() -> list[str]:
     return [name for name, entry in registry("methods").items() if set(entry["benchmarks"]) == set(BENCHMARKS)]
 
@@ -59,29 +56,6 @@ def evaluated_names(methods, benchmark: str) -> list[str]:
     own = {name: registry("methods")[name]["protocol"] for name in methods}
     return [name for name in methods] + [f"{name}@{p}" for name in methods for p in PROTOCOLS
                                          if p != own[name] and (benchmark, p) not in UNDEFINED]
-
-
-def folder_digest(folder: Path) -> str:
-    """sha256 over the predictions under `folder` (relative names and contents, in name order; not
-    the run record or Snakemake's marker, which name the method)."""
-    digest = hashlib.sha256()
-    for path in sorted(item for item in folder.rglob("*") if item.is_file() and not item.name.startswith(".")):
-        digest.update(str(path.relative_to(folder)).encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()
-
-
-def fresh_checkout(destination: Path) -> Path:
-    """The checkout's tracked and unignored files, as a clone has them (no results, no resources)."""
-    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPOSITORY,
-                            capture_output=True, check=True).stdout.split(b"\0")
-    destination.mkdir()
-    for name in filter(None, (item.decode() for item in listed)):
-        source = REPOSITORY / name
-        if source.is_file():
-            target = destination / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target)
-    return destination
 
 
 def snakemake(checkout: Path, *arguments: str, configs: tuple[str, ...] = (), timeout: int = 1500) -> str:
@@ -121,10 +95,6 @@ def test_demo_dry_run_plans_every_stage(tmp_path):
     assert len(jobs["overlay"]) == 3
 
 
-def rules_of(output: str) -> dict[str, int]:
-    return {rule: len(outputs) for rule, outputs in planned(output).items()}
-
-
 @pytest.mark.slow
 def test_demo_end_to_end_reruns_and_report(tmp_path):
     checkout = fresh_checkout(tmp_path / "clone")
@@ -144,8 +114,8 @@ def test_demo_end_to_end_reruns_and_report(tmp_path):
     # Different encoders give different predictions (equal predictions would mean one model everywhere;
     # scores may coincide, PCK on a few joints most of all).
     for benchmark in BENCHMARKS:
-        predictions = {method: folder_digest(checkout / "results" / "predictions" / benchmark / method) for method in methods}
-        assert len(set(predictions.values())) == len(methods), (benchmark, predictions)
+        predictions = [files_below(checkout / "results" / "predictions" / benchmark / method) for method in methods]
+        assert all(first != second for first, second in itertools.combinations(predictions, 2)), benchmark
     with open(checkout / "results" / "cross_protocol.csv", newline="") as handle:
         cells = list(csv.DictReader(handle))
     assert [(c["benchmark"], c["method"], c["protocol"]) for c in cells] == [

@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from test_workflow import EditedCode, tiny_pairs
-from workflow_fixtures import RUN_TIMEOUT_S, planned_jobs, registry
+from workflow_fixtures import RUN_TIMEOUT_S, files_below, planned_jobs, registry
 
 # What snakedeploy deploy-workflow writes as workflow/Snakefile of the project (its template),
 # with the module's source given by path instead of github("<owner>/vcorr", path=..., tag=...).
@@ -83,12 +83,6 @@ def project_snakemake(project: Path, *args: str, mirror_url: str, env: dict | No
     environment.pop("VCORR_CONFIG_DIR", None)
     return subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=project, env=environment,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=RUN_TIMEOUT_S)
-
-
-def files_below(folder: Path) -> dict[str, bytes]:
-    """The files of a prediction folder by relative path, bookkeeping (dot files) left out."""
-    return {path.relative_to(folder).as_posix(): path.read_bytes() for path in sorted(folder.rglob("*"))
-            if path.is_file() and not path.name.startswith(".")}
 
 
 def scores_of(path: Path) -> dict:

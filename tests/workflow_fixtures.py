@@ -74,6 +74,13 @@ def registry(name: str, folder: Path = REPO / "config") -> dict:
     return yaml.safe_load((folder / f"{name}.yaml").read_text())
 
 
+def files_below(folder: Path) -> dict[str, bytes]:
+    """The files of a prediction folder by relative path, bookkeeping (dot files: the run record,
+    Snakemake's marker) left out."""
+    return {path.relative_to(folder).as_posix(): path.read_bytes() for path in sorted(folder.rglob("*"))
+            if path.is_file() and not path.name.startswith(".")}
+
+
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
