@@ -101,16 +101,20 @@ def test_stt_jhmdb_a_frame0_is_the_heat_maps_round_trip(runs):
 def test_the_cuda_tie_rule_reaches_propagation_and_changes_only_exact_ties(tmp_path, runs):
     """Ties broken as CUDA's topk breaks them (method option `ties`, recorded in the run record)
     move joints, and only where vcorr's own run holds an exact tie (affinity and label tolerance
-    0) or downstream of one; the original run on the CPU is still matched. (How far they move
+    one float32 rounding) or downstream of one; the original run on the CPU is still matched. (How far they move
     depends on the CPU: 8.8 px where the fixture was made, 0.002 px on an AVX-512 Xeon.)"""
     cpu, _ = runs("stt-jhmdb-a")
     margins = _propagate(tmp_path, "stt-jhmdb-a", "ties=cuda")
     record = json.loads(next(tmp_path.glob(".vcorr-propagate*.json")).read_text())
     assert record["settings"]["ties"] == "cuda"
     assert not np.array_equal(np.load(tmp_path / f"{JHMDB_CLIP}.npy"), np.load(cpu / f"{JHMDB_CLIP}.npy"))
-    # The coordinate tolerance stays: the float32 read-out rounds whatever the labels.
-    exact = _compare("stt-jhmdb-a", tmp_path, margins, cpu, Tolerance(affinity=0.0, label=0.0))
-    assert exact.differing > 0 and exact.counts["real_deviation"] == 0, exact.as_dict(Tolerance())
+    # Exact up to one float32 rounding: dividing by the temperature merges affinities one rounding
+    # apart into a tie, and the weighted sums of labels round. The coordinate tolerance stays: the
+    # float32 read-out rounds whatever the labels.
+    one_rounding = float(torch.finfo(torch.float32).eps)
+    exact_tolerance = Tolerance(affinity=one_rounding, label=one_rounding)
+    exact = _compare("stt-jhmdb-a", tmp_path, margins, cpu, exact_tolerance)
+    assert exact.differing > 0 and exact.counts["real_deviation"] == 0, exact.as_dict(exact_tolerance)
     assert exact.counts["affinity_near_tie"] > 0
     assert _compare("stt-jhmdb-a", tmp_path, margins).faithful(Tolerance())
 

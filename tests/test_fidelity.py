@@ -109,3 +109,18 @@ def test_joints_differ_within_a_top5_near_tie_box_or_not_at_all():
     assert classify_joints(maps, ours, other, {}, Tolerance()).where == {"real_deviation": [0]}
     other[0, 1] = ours[0, 1] + 0.2  # joint 1's top-5 is clear: no tie explains 0.2 px
     assert classify_joints(maps, ours, other, {}, Tolerance()).where["real_deviation"] == [0, 1]
+
+
+def test_a_coordinate_rounded_just_outside_the_near_tie_box_is_inside_it():
+    # One row of candidates (x 5..10, y 10), the 5th and 6th tied: the other's top-5 is anywhere
+    # on the row, and its float32 weighted mean may round to y = 10 - 2e-4.
+    maps = torch.zeros(1, 20, 20)
+    maps[0, 10, 5:11] = torch.tensor([0.5, 0.5, 0.6, 0.7, 0.8, 1.0])
+    from vcorr.metrics.pck import heatmaps_to_coords
+
+    ours = heatmaps_to_coords(maps.numpy()[None])[..., 0]
+    other = ours.copy()
+    other[:, 0] += (-0.1, -2e-4)
+    assert classify_joints(maps, ours, other, {}, Tolerance()).where == {"heatmap_near_tie": [0]}
+    other[1, 0] -= 0.01  # off the row by more than the coordinate rounding
+    assert classify_joints(maps, ours, other, {}, Tolerance()).where == {"real_deviation": [0]}
