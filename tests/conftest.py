@@ -1,11 +1,48 @@
 """Shared fixtures: the official tools' answers in ../shared/testdata (skipped when absent), and
-the tiny workflow configuration run once per session in a copy of the checkout."""
+the tiny workflow configuration run once per session in a copy of the checkout.
+
+The suite runs on pytest-xdist workers (pyproject: `-n auto --dist loadgroup`): one worker per
+core, at most `MAX_WORKERS`, each with its share of the cores as torch's threads. A test file is
+one unit of work (its module fixtures are made once), except that every test of the session's tiny
+run goes to one worker (the run is made once), and the units holding end-to-end runs are handed
+out first, so that no long run starts last. `-n 0` runs the suite in this process, in the same
+order.
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+MAX_WORKERS = 4
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    return max(1, min(_cores(), MAX_WORKERS))
+
+
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    # Before torch is imported: workers that each spin up every core's thread slow each other down.
+    _threads = str(max(1, _cores() // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+    for _variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_variable, _threads)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+def pytest_collection_modifyitems(config, items) -> None:
+    """One xdist group per test file, one for the tiny run's tests; the tiny run's group first,
+    then the files with slow tests, then the rest, each in collection order."""
+    groups = {item: "tiny_run" if "tiny_run" in item.fixturenames else item.path.name for item in items}
+    slow_groups = {groups[item] for item in items if item.get_closest_marker("slow")}
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(groups[item]))
+    items.sort(key=lambda item: (groups[item] != "tiny_run", groups[item] not in slow_groups))
 
 from workflow_fixtures import REPORTED, TRAINED, fresh_checkout, load_builder, make_tiny_workspace, serve
 

@@ -1,8 +1,11 @@
-"""Encoders: the seeds' shapes and strides, built by editing torchvision ResNets in place."""
+"""Encoders: the seeds' shapes and strides, built by editing torchvision-layout ResNets in place;
+vcorr's ResNet is torchvision's (names, seeded weights, RNG draws, forward) without importing it."""
 
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -11,6 +14,7 @@ from torchvision.models import resnet as tv_resnet
 
 from vcorr.errors import VcorrError
 from vcorr.models import ENCODERS, build_encoder
+from vcorr.models import resnet
 from vcorr.models.encoders import set_stage_stride
 
 
@@ -58,28 +62,56 @@ def test_odd_sizes_follow_convolution_arithmetic():
 
 def test_strides_are_edited_on_torchvision_modules():
     encoder = build_encoder("hvc_r18")
-    assert isinstance(encoder.layer3[0], tv_resnet.BasicBlock)
+    assert isinstance(encoder.layer3[0], resnet.BasicBlock)
     assert not hasattr(encoder, "layer4") and not hasattr(encoder, "fc")
     assert encoder.layer3[0].conv1.stride == (1, 1)
     assert encoder.layer3[0].downsample[0].stride == (1, 1)
     assert encoder.layer2[0].conv1.stride == (2, 2)
     assert all(conv.dilation == (1, 1) for conv in encoder.modules() if isinstance(conv, nn.Conv2d))
     r50 = build_encoder("stt_r50_s4")
-    assert isinstance(r50.layer2[0], tv_resnet.Bottleneck)
+    assert isinstance(r50.layer2[0], resnet.Bottleneck)
     assert r50.layer2[0].conv2.stride == (1, 1) and r50.layer2[0].downsample[0].stride == (1, 1)
     assert isinstance(r50.pool, nn.AvgPool2d) and build_encoder("stt_r18_s8").pool is None
 
 
 def test_set_stage_stride_matches_a_torchvision_stride_two_stage():
     torch.manual_seed(0)
-    network = tv_resnet.resnet18()
+    network = resnet.resnet18()
     set_stage_stride(network.layer3, 1)
     set_stage_stride(network.layer3, 2)
-    reference = tv_resnet.resnet18()
+    reference = resnet.resnet18()
     reference.load_state_dict(network.state_dict())
     x = torch.randn(1, 128, 16, 16)
     with torch.inference_mode():
         assert torch.equal(network.layer3.eval()(x), reference.layer3.eval()(x))
+
+
+@pytest.mark.parametrize("depth", [18, 50])
+def test_vcorrs_resnet_is_torchvisions_without_importing_it(depth):
+    builders = {18: tv_resnet.resnet18, 50: tv_resnet.resnet50}
+    torch.manual_seed(3)
+    ours, our_rng = resnet.resnet(depth), torch.get_rng_state()
+    torch.manual_seed(3)
+    theirs, their_rng = builders[depth](), torch.get_rng_state()
+    # The same modules in the same order, the same seeded weights, the same RNG draws.
+    assert [(name, type(m).__name__) for name, m in ours.named_modules()] == [
+        (name, type(m).__name__) for name, m in theirs.named_modules()]
+    ours_state, their_state = ours.state_dict(), theirs.state_dict()
+    assert list(ours_state) == list(their_state)
+    assert all(torch.equal(ours_state[key], their_state[key]) for key in their_state)
+    assert torch.equal(our_rng, their_rng)
+    x = torch.randn(2, 3, 64, 64)
+    for mode in (True, False):  # batch statistics, then the running ones the first call updated
+        assert torch.equal(ours.train(mode)(x), theirs.train(mode)(x))
+    with pytest.raises(ValueError, match="depth 34"):
+        resnet.resnet(34)
+
+
+def test_evaluation_and_its_encoders_do_not_import_torchvision():
+    code = ("import sys, vcorr.evaluation.pipeline, vcorr.models.encoders, vcorr.train.stt; "
+            "vcorr.models.encoders.build_encoder('crw_r18'); print(sorted(m for m in sys.modules if m.startswith('torchvision')))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]", done.stdout
 
 
 def test_state_dict_keeps_torchvision_names():

@@ -589,7 +589,7 @@ def test_replacing_a_weights_file_reruns_what_used_it_and_a_concurrent_run_is_lo
     summary_before = (root / "results/summary.csv").read_text()
     checkout = workspace.checkout
     command = [sys.executable, "-m", "snakemake", "-s", str(checkout / "workflow/Snakefile"), "--workflow-profile",
-               str(checkout / "profiles/default"), "--cores", "1", *workspace.config_files()]
+               str(checkout / "profiles/default"), "--cores", "2", *workspace.config_files()]
     first_run = subprocess.Popen(command, cwd=root, env={**os.environ, "OMP_NUM_THREADS": "1"},
                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

@@ -2,8 +2,9 @@
 
 Each registry entry names a torchvision ResNet depth, the stride of each stage's first block,
 the stem pooling, the last stage kept and the padding mode. Strides are edited in place on the
-torchvision modules (never a rewritten ResNet), so the parameter names stay torchvision's
-(`conv1.weight`, `layer3.0.downsample.0.weight`, ...) and released weights map onto them.
+torchvision modules (`vcorr.models.resnet`: torchvision's ResNet module for module, without
+importing torchvision), so the parameter names stay torchvision's (`conv1.weight`,
+`layer3.0.downsample.0.weight`, ...) and released weights map onto them.
 
 | name          | seed / use                      | stage strides | stem pool | output | channels | stride |
 |---------------|---------------------------------|---------------|-----------|--------|----------|--------|
@@ -43,9 +44,9 @@ from typing import Literal
 
 import torch
 from torch import nn
-from torchvision.models import resnet as tv_resnet
 
 from vcorr.errors import VcorrError
+from vcorr.models.resnet import BasicBlock, Bottleneck, ResNet, resnet
 from vcorr.models.vit import VIT_ENCODERS, VisionTransformer
 
 StemPool = Literal["max", "mean", "none"]
@@ -115,7 +116,7 @@ ENCODERS: dict[str, EncoderSpec] = {
 class ResNetEncoder(nn.Module):
     """A torchvision ResNet cut after `spec.last_stage`, keeping torchvision's module names."""
 
-    def __init__(self, spec: EncoderSpec, network: tv_resnet.ResNet) -> None:
+    def __init__(self, spec: EncoderSpec, network: ResNet) -> None:
         super().__init__()
         self.spec = spec
         self.conv1 = network.conv1
@@ -158,7 +159,7 @@ class ResNetEncoder(nn.Module):
 def set_stage_stride(stage: nn.Sequential, stride: int) -> None:
     """Set the stride of a torchvision ResNet stage in place (its first block carries it)."""
     first = stage[0]
-    strided_conv = first.conv2 if isinstance(first, tv_resnet.Bottleneck) else first.conv1
+    strided_conv = first.conv2 if isinstance(first, Bottleneck) else first.conv1
     strided_conv.stride = (stride, stride)
     if first.downsample is not None:
         first.downsample[0].stride = (stride, stride)
@@ -182,9 +183,9 @@ def hvc_init(module: nn.Module) -> None:
             nn.init.ones_(sub.weight)
             nn.init.zeros_(sub.bias)
     for sub in module.modules():
-        if isinstance(sub, tv_resnet.BasicBlock):
+        if isinstance(sub, BasicBlock):
             nn.init.zeros_(sub.bn2.weight)
-        elif isinstance(sub, tv_resnet.Bottleneck):
+        elif isinstance(sub, Bottleneck):
             nn.init.zeros_(sub.bn3.weight)
 
 
@@ -222,7 +223,7 @@ def build_encoder(arch: str) -> ResNetEncoder | VisionTransformer | PooledPixels
         spec = ENCODERS[arch]
     except KeyError:
         raise VcorrError(f"unknown encoder {arch!r}; known encoders: {', '.join(encoder_names())}") from None
-    network = tv_resnet.resnet18(weights=None) if spec.depth == 18 else tv_resnet.resnet50(weights=None)
+    network = resnet(spec.depth)
     for stage, stride in zip(STAGES, spec.stage_strides):
         set_stage_stride(getattr(network, stage), stride)
     if spec.padding_mode != "zeros":

@@ -55,10 +55,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
-from torchvision.models import resnet as tv_resnet
 
 from vcorr.errors import VcorrError
 from vcorr.models.weights import FORMATS, cpu_state_dict, load_weights, mmcv_to_torchvision_key
+from vcorr.models.resnet import resnet as torchvision_layout_resnet
 from vcorr.models.encoders import EncoderSpec, ResNetEncoder
 from vcorr.models.preprocess import normalise_frames
 from vcorr.train import distributed
@@ -261,7 +261,7 @@ class ResNet(nn.Module):
         """Load a torchvision-layout ResNet checkpoint (any `vcorr.models.weights` format)
         into these mmcv-named modules, as Spa-then-Temp's `_load_torchvision_checkpoint` does."""
         spec = EncoderSpec(f"stt_stage_one_r{self.depth}", self.depth, (1, 2, 2, 2), "max", "layer4")
-        network = tv_resnet.resnet18(weights=None) if self.depth == 18 else tv_resnet.resnet50(weights=None)
+        network = torchvision_layout_resnet(self.depth)
         encoder = ResNetEncoder(spec, network)
         report = load_weights(encoder, path, format)
         log.info("%s", report.summary())
