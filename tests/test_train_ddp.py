@@ -25,7 +25,7 @@ import torch
 import torch.multiprocessing as mp
 from torch.utils.data import Dataset
 
-from train_fixtures import (CONFIG, METHOD, REPO_ROOT, TINY, environment, free_port, run_torchrun, run_train,
+from train_fixtures import (CONFIG, METHOD, REPO_ROOT, TINY, environment, free_port, free_ports, run_torchrun, run_train,
                             tensors, train_command, write_images)
 from vcorr.train import distributed, load_config, method_module
 from vcorr.train.checkpoint import checkpoint_path, load_checkpoint
@@ -69,13 +69,16 @@ def _first_step_gradients(index, workdir) -> dict[str, torch.Tensor]:
             if parameter.grad is not None}
 
 
-def _rank(rank: int, world: int, port: int, folder: str, index: str) -> None:
+def _rank(rank: int, world: int, ports: list[int], folder: str, index: str) -> None:
     os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
-                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(ports[0])})
     torch.set_num_threads(1)
     # A whole run, each rank given its own work dir and output: rank 1's must stay empty.
     config = load_config(METHOD, CONFIG, [*SAME_STATISTICS, "max_steps=2"])
     train(METHOD, config, index, f"{folder}/work{rank}", f"{folder}/out{rank}/encoder.pth", device="cpu")
+    # The second process group of these processes on a port of its own: on the first one, rank 1
+    # may read rank 0's address from the first group's store and wait on it for ever.
+    os.environ["MASTER_PORT"] = str(ports[1])
     try:
         gradients = _first_step_gradients(index, f"{folder}/fresh{rank}")
         torch.save(gradients, f"{folder}/gradients{rank}.pt")
@@ -90,7 +93,7 @@ def duplicated(tmp_path_factory):
 
 @pytest.mark.slow
 def test_two_ranks_match_one_process_and_only_rank_0_writes(duplicated, tmp_path):
-    mp.spawn(_rank, args=(2, free_port(), str(tmp_path), str(duplicated)), nprocs=2, join=True)
+    mp.spawn(_rank, args=(2, free_ports(2), str(tmp_path), str(duplicated)), nprocs=2, join=True)
     assert not (tmp_path / "work1").exists() and not (tmp_path / "out1").exists()
     assert (tmp_path / "out0" / "encoder.pth").is_file()
     state = load_checkpoint(checkpoint_path(tmp_path / "work0"))

@@ -77,10 +77,17 @@ def run_train_process(*args, **kwargs) -> subprocess.CompletedProcess:
                           cwd=REPO_ROOT, timeout=300)
 
 
+def free_ports(count: int) -> list[int]:
+    """`count` distinct ports free on 127.0.0.1 now (all held at once while they are picked)."""
+    with contextlib.ExitStack() as stack:
+        probes = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))
+        return [probe.getsockname()[1] for probe in probes]
+
+
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    return free_ports(1)[0]
 
 
 def run_torchrun(command: list[str], processes: int = 2) -> subprocess.CompletedProcess:
