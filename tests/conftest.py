@@ -1,7 +1,8 @@
 """Shared fixtures: the official tools' answers in ../shared/testdata (skipped when absent), and
 the tiny workflow configuration run once per session in a copy of the checkout.
 
-The suite runs on pytest-xdist workers (pyproject: `-n auto --dist loadgroup`): one worker per
+The suite runs on pytest-xdist workers (pyproject: `-n auto --dist loadgroup
+--no-loadscope-reorder`, the groups in this order): one worker per
 core, at most `MAX_WORKERS`, each with its share of the cores as torch's threads. A test file is
 one unit of work (its module fixtures are made once), except that every test of the session's tiny
 run goes to one worker (the run is made once), and the units holding end-to-end runs are handed
@@ -37,12 +38,17 @@ if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(config, items) -> None:
     """One xdist group per test file, one for the tiny run's tests; the tiny run's group first,
-    then the files with slow tests, then the rest, each in collection order."""
+    then the files with a whole workflow run, then those with slow tests, then the rest, each in
+    collection order."""
     groups = {item: "tiny_run" if "tiny_run" in item.fixturenames else item.path.name for item in items}
-    slow_groups = {groups[item] for item in items if item.get_closest_marker("slow")}
+
+    def marked(marker: str) -> set[str]:
+        return {groups[item] for item in items if item.get_closest_marker(marker)}
+
+    workflow_runs, slow = marked("workflow_run"), marked("slow")
     for item in items:
         item.add_marker(pytest.mark.xdist_group(groups[item]))
-    items.sort(key=lambda item: (groups[item] != "tiny_run", groups[item] not in slow_groups))
+    items.sort(key=lambda item: (groups[item] != "tiny_run", groups[item] not in workflow_runs, groups[item] not in slow))
 
 from workflow_fixtures import REPORTED, TRAINED, fresh_checkout, load_builder, make_tiny_workspace, serve
 

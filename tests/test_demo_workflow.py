@@ -96,6 +96,7 @@ def test_demo_dry_run_plans_every_stage(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.workflow_run
 def test_demo_end_to_end_reruns_and_report(tmp_path):
     checkout = fresh_checkout(tmp_path / "clone")
     (checkout / "subset.yaml").write_text(RUN_CONFIG)

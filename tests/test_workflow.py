@@ -237,6 +237,7 @@ def tiny_pairs(workspace: TinyWorkspace) -> list[tuple[str, str]]:
 
 
 @pytest.mark.slow
+@pytest.mark.workflow_run
 def test_tiny_configuration_runs_end_to_end(tiny_run):
     workspace, done = tiny_run
     assert done.returncode == 0, done.stdout[-6000:]

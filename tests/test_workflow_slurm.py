@@ -24,7 +24,7 @@ import yaml
 
 from workflow_fixtures import REPO, TINY, load_builder, make_tiny_workspace, serve
 
-pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.workflow_run]
 
 PROGRAMS = ["slurmctld", "slurmd", "sbatch", "sacct", "sacctmgr", "munged", "slurmdbd", "mariadbd", "mariadb-install-db"]
 CLUSTER_SCRIPTS = REPO / "tests" / "slurm"
