@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from workflow_fixtures import REPORTED, TRAINED, fresh_checkout, load_builder, make_tiny_workspace, serve
+
 MAX_WORKERS = 4
 
 
@@ -50,7 +52,6 @@ def pytest_collection_modifyitems(config, items) -> None:
         item.add_marker(pytest.mark.xdist_group(groups[item]))
     items.sort(key=lambda item: (groups[item] != "tiny_run", groups[item] not in workflow_runs, groups[item] not in slow))
 
-from workflow_fixtures import REPORTED, TRAINED, fresh_checkout, load_builder, make_tiny_workspace, serve
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_TESTDATA = REPO_ROOT.parent / "shared" / "testdata"

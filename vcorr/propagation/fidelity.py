@@ -295,7 +295,7 @@ def classify_joints(
                 break
             fifth = torch.topk(values - delta, TOP_K).values[-1]
             box = positions[values + delta >= fifth]
-            # the other's coordinate is a float32 weighted mean of its top-5: it rounds to just outside the box
+            # the other's coordinate is a float32 weighted mean of its top-5: it may round to just outside the box
             slack = tolerance.coordinate
             inside = (target >= box.amin(0) - slack) & (target <= box.amax(0) + slack)
             if len(box) > TOP_K and bool(inside.all()):
