@@ -50,7 +50,8 @@ def pytest_collection_modifyitems(config, items) -> None:
     workflow_runs, slow = marked("workflow_run"), marked("slow")
     for item in items:
         item.add_marker(pytest.mark.xdist_group(groups[item]))
-    items.sort(key=lambda item: (groups[item] != "tiny_run", groups[item] not in workflow_runs, groups[item] not in slow))
+    items.sort(key=lambda item: (groups[item] != "tiny_run", groups[item] not in workflow_runs,
+                                 groups[item] not in slow))
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

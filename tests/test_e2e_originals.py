@@ -101,8 +101,9 @@ def test_stt_jhmdb_a_frame0_is_the_heat_maps_round_trip(runs):
 def test_the_cuda_tie_rule_reaches_propagation_and_changes_only_exact_ties(tmp_path, runs):
     """Ties broken as CUDA's topk breaks them (method option `ties`, recorded in the run record)
     move joints, and only where vcorr's own run holds an exact tie (affinity and label tolerance
-    one float32 rounding) or downstream of one; the original run on the CPU is still matched. (How far they move
-    depends on the CPU: 8.8 px where the fixture was made, 0.002 px on an AVX-512 Xeon.)"""
+    one float32 rounding) or downstream of one; the original run on the CPU is still matched.
+    (How far they move depends on the CPU: 8.8 px where the fixture was made, 0.002 px on an
+    AVX-512 Xeon, up to 8.8 px on an AMD EPYC AVX-512.)"""
     cpu, _ = runs("stt-jhmdb-a")
     margins = _propagate(tmp_path, "stt-jhmdb-a", "ties=cuda")
     record = json.loads(next(tmp_path.glob(".vcorr-propagate*.json")).read_text())

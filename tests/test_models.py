@@ -109,7 +109,8 @@ def test_vcorrs_resnet_is_torchvisions_without_importing_it(depth):
 
 def test_evaluation_and_its_encoders_do_not_import_torchvision():
     code = ("import sys, vcorr.evaluation.pipeline, vcorr.models.encoders, vcorr.train.stt; "
-            "vcorr.models.encoders.build_encoder('crw_r18'); print(sorted(m for m in sys.modules if m.startswith('torchvision')))")
+            "vcorr.models.encoders.build_encoder('crw_r18'); "
+            "print(sorted(m for m in sys.modules if m.startswith('torchvision')))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]", done.stdout
 

@@ -25,8 +25,8 @@ import torch
 import torch.multiprocessing as mp
 from torch.utils.data import Dataset
 
-from train_fixtures import (CONFIG, METHOD, REPO_ROOT, TINY, environment, free_port, free_ports, run_torchrun, run_train,
-                            tensors, train_command, write_images)
+from train_fixtures import (CONFIG, METHOD, REPO_ROOT, TINY, environment, free_port, free_ports, run_torchrun,
+                            run_train, tensors, train_command, write_images)
 from vcorr.train import distributed, load_config, method_module
 from vcorr.train.checkpoint import checkpoint_path, load_checkpoint
 from vcorr.train.launch import RENDEZVOUS_PORT, torchrun_prefix
